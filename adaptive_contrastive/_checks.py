@@ -1,0 +1,116 @@
+"""Argument checks run once, at the public boundary (SPEC §6).
+
+Each error names the argument, the value it got and what would be accepted, so a user can fix
+the call without reading the source.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_positive(name: str, value: float) -> float:
+    value = _as_float(name, value)
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def check_unit_closed(name: str, value: float) -> float:
+    value = _as_float(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return value
+
+
+def check_unit_open(name: str, value: float) -> float:
+    value = _as_float(name, value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+    return value
+
+
+def check_non_negative(name: str, value: float) -> float:
+    value = _as_float(name, value)
+    if not value >= 0 or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _as_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_embeddings(z1: object, z2: object) -> tuple[Tensor, Tensor]:
+    """Two views `(B, D)` of B >= 2 sequences: same shape, device and floating dtype, finite."""
+    for name, z in (("z1", z1), ("z2", z2)):
+        if not isinstance(z, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        if not z.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {z.dtype}")
+        if z.dim() != 2:
+            raise ValueError(f"{name} must have shape (B, D), got {tuple(z.shape)}")
+    assert isinstance(z1, Tensor) and isinstance(z2, Tensor)
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must have the same shape (row b of z1 pairs with row b of z2), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if z1.device != z2.device:
+        raise ValueError(f"z1 and z2 must be on the same device, got {z1.device} and {z2.device}")
+    if z1.dtype != z2.dtype:
+        raise TypeError(f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}")
+    if z1.shape[0] < 2:
+        raise ValueError(f"the batch needs B >= 2 sequences to have any negatives, got B={z1.shape[0]}")
+    if z1.shape[1] < 1:
+        raise ValueError("z1 and z2 need at least one feature column (D >= 1)")
+    for name, z in (("z1", z1), ("z2", z2)):
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError(f"{name} holds NaN or infinite values; the loss of such embeddings is undefined")
+    return z1, z2
+
+
+def thresholds_per_row(threshold: object, batch: int, like: Tensor) -> Tensor:
+    """Expand a float, 0-d, `(B,)` or `(N,)` threshold to one value per row of Z = cat(z1, z2).
+
+    A `(B,)` threshold is shared by both views of a sequence: row i uses k[i mod B].
+    """
+    n = 2 * batch
+    if isinstance(threshold, bool) or threshold is None:
+        raise TypeError(f"threshold must be a float or a tensor of shape (), ({batch},) or ({n},), got {threshold!r}")
+    if isinstance(threshold, (int, float)):
+        if math.isnan(threshold):
+            raise ValueError("threshold is NaN")
+        return torch.full((n,), float(threshold), dtype=like.dtype, device=like.device)
+    if not isinstance(threshold, Tensor):
+        raise TypeError(f"threshold must be a float or a tensor, got {type(threshold).__name__}")
+    if not threshold.is_floating_point():
+        raise TypeError(f"threshold must have a floating dtype, got {threshold.dtype}")
+    if threshold.device != like.device:
+        raise ValueError(f"threshold is on {threshold.device} but the embeddings are on {like.device}")
+    if bool(torch.isnan(threshold).any()):
+        raise ValueError("threshold holds NaN values")
+    if threshold.dim() == 0:
+        return threshold.to(like.dtype).expand(n)
+    if threshold.shape == (batch,):
+        return threshold.to(like.dtype).repeat(2)
+    if threshold.shape == (n,):
+        return threshold.to(like.dtype)
+    raise ValueError(
+        f"threshold must have shape (), ({batch},) (one per sequence) or ({n},) (one per row of cat(z1, z2)), "
+        f"got {tuple(threshold.shape)}"
+    )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every narrower float accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
