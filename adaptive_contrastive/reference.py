@@ -22,8 +22,9 @@ Backward (recomputing the blocks, like flash attention), with P_j = w_j e^{l_j -
     ∂ℓ/∂ν_j = [drop/attract] e^{l_j - lse} + [attract/relabel] (1-α)/max(F,1) · (l_j - l_p - [F>1] A/F)
     A = Σ_C φ_j (l_j - l_p)
 
-and dQ = G K, dK = Gᵀ Q with G_ij = g_i ∂ℓ_i/∂s_ij. Rows are processed in chunks so that the
-temporaries of one chunk stay in cache; peak extra memory is O(chunk·Nk), never several N×N.
+and dQ = G K, dK = Gᵀ Q with G_ij = g_i ∂ℓ_i/∂s_ij. The forward saves P and ν (one Nq×Nk float
+and one bool matrix) so the backward needs no second similarity product for the hard mask; rows
+are processed in chunks so that the temporaries of one chunk stay in cache.
 """
 
 from __future__ import annotations
@@ -67,82 +68,44 @@ def _row_chunk(num_rows: int, num_cols: int) -> int:
     return max(1, min(num_rows, _BLOCK_ELEMENTS // max(num_cols, 1)))
 
 
-def _negative_weights(s: Tensor, thr: Tensor, settings: LossSettings) -> Tensor:
-    """ν for one block: bool for the hard mask, float in (0, 1) for the soft one."""
+def _negative_weights(
+    s: Tensor, thr: Tensor, rows: Tensor, partner: Tensor, self_index: Tensor, settings: LossSettings
+) -> Tensor:
+    """ν of a block on C(i), zero on the self and partner columns; bool (hard) or float (soft)."""
     if settings.mask == "hard":
-        return s <= thr[:, None]
-    return torch.sigmoid((thr[:, None] - s) / settings.mask_temperature)
-
-
-def _block(
-    q: Tensor,
-    k: Tensor,
-    partner: Tensor,
-    self_index: Tensor,
-    thr: Tensor | None,
-    settings: LossSettings,
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-    """Logits of a row block and its masks.
-
-    Returns (l, ν, w-masked logits for the log-sum-exp, local row index). ν has its self and
-    partner columns zeroed, so it and φ = 1 - ν restricted to C(i) come out of it directly.
-    """
-    rows = torch.arange(q.shape[0], device=q.device)
-    s = q @ k.T
-    nu: Tensor | None = None
-    if settings.uses_threshold:
-        assert thr is not None
-        nu = _negative_weights(s, thr, settings)
-        nu[rows, self_index] = 0
-        nu[rows, partner] = 0
-    logits = s.mul_(1.0 / settings.temperature)
-    if settings.masks_denominator:
-        assert nu is not None
-        if nu.dtype == torch.bool:
-            in_denominator = nu.clone()
-            in_denominator[rows, partner] = True
-            denom_logits = logits.masked_fill(~in_denominator, float("-inf"))
-        else:
-            weights = nu.clone()
-            weights[rows, partner] = 1
-            denom_logits = logits + weights.log()
+        nu = s <= thr[:, None]
     else:
-        denom_logits = logits.clone()
-        denom_logits[rows, self_index] = float("-inf")
-    return logits, nu, denom_logits, rows
+        nu = torch.sigmoid((thr[:, None] - s) / settings.mask_temperature)
+    nu[rows, self_index] = 0
+    nu[rows, partner] = 0
+    return nu
 
 
-def _candidate_phi(nu: Tensor, rows: Tensor, partner: Tensor, self_index: Tensor, dtype: torch.dtype) -> Tensor:
-    """φ = 1 - ν on C(i), zero on the self and partner columns."""
-    phi = (~nu).to(dtype) if nu.dtype == torch.bool else 1 - nu
-    phi[rows, self_index] = 0
-    phi[rows, partner] = 0
-    return phi
+def _denominator_logits(
+    logits: Tensor, nu: Tensor | None, rows: Tensor, partner: Tensor, self_index: Tensor, settings: LossSettings
+) -> Tensor:
+    """l_j + log w_j: -inf where a column leaves the softmax denominator."""
+    if not settings.masks_denominator:
+        out = logits.clone()
+        out[rows, self_index] = float("-inf")
+        return out
+    assert nu is not None
+    if nu.dtype == torch.bool:
+        out = torch.where(nu, logits, float("-inf"))
+    else:
+        out = logits + nu.log()
+    out[rows, partner] = logits[rows, partner]
+    return out
 
 
-def _forward_stats(
-    q: Tensor, k: Tensor, partner: Tensor, self_index: Tensor, thr: Tensor | None, settings: LossSettings
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-row lse, partner logit l_p, F and Σ_C φ_j l_j, chunk by chunk."""
-    n = q.shape[0]
-    lse = q.new_empty(n)
-    partner_logit = q.new_empty(n)
-    fn_count = q.new_zeros(n)
-    phi_logit_sum = q.new_zeros(n)
-    step = _row_chunk(n, k.shape[0])
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        sl = slice(start, stop)
-        t_sl = None if thr is None else thr[sl]
-        logits, nu, denom_logits, rows = _block(q[sl], k, partner[sl], self_index[sl], t_sl, settings)
-        lse[sl] = torch.logsumexp(denom_logits, dim=1)
-        partner_logit[sl] = logits[rows, partner[sl]]
-        if nu is not None:
-            phi = _candidate_phi(nu, rows, partner[sl], self_index[sl], logits.dtype)
-            fn_count[sl] = phi.sum(1)
-            if settings.soft_labels:
-                phi_logit_sum[sl] = (phi * logits).sum(1)
-    return lse, partner_logit, fn_count, phi_logit_sum
+def _phi_logit_sum(
+    logits: Tensor, nu: Tensor, rows: Tensor, partner: Tensor, self_index: Tensor
+) -> Tensor:
+    """Σ_C φ_j l_j, the label term's sum over suspected false negatives."""
+    weighted = torch.where(nu, 0.0, logits) if nu.dtype == torch.bool else (1 - nu) * logits
+    weighted[rows, self_index] = 0
+    weighted[rows, partner] = 0
+    return weighted.sum(1)
 
 
 def _row_loss(
@@ -156,7 +119,8 @@ def _row_loss(
 
 
 class MaskedInfoNCEFunction(torch.autograd.Function):
-    """Dense, row-chunked masked InfoNCE; saves only per-row statistics and recomputes blocks."""
+    """Dense masked InfoNCE. Saves the softmax P and the mask ν (the reference path trades
+    O(Nq·Nk) memory for speed; the Triton backend recomputes instead) and per-row statistics."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -168,23 +132,51 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
         self_index: Tensor,
         settings: LossSettings,
     ) -> tuple[Tensor, Tensor]:
+        n, n_cols = q.shape[0], k.shape[0]
         thr = None if thresholds is None else thresholds.to(q.dtype)
-        lse, partner_logit, fn_count, phi_logit_sum = _forward_stats(q, k, partner, self_index, thr, settings)
+        prob = q.new_empty((n, n_cols))
+        nu_all: Tensor | None = None
+        if settings.uses_threshold:
+            nu_all = torch.empty((n, n_cols), dtype=torch.bool if settings.mask == "hard" else q.dtype, device=q.device)
+        lse = q.new_empty(n)
+        partner_logit = q.new_empty(n)
+        fn_count = q.new_zeros(n)
+        phi_logit_sum = q.new_zeros(n)
+        step = _row_chunk(n, n_cols)
+        for start in range(0, n, step):
+            sl = slice(start, min(n, start + step))
+            p_sl, s_sl = partner[sl], self_index[sl]
+            rows = torch.arange(p_sl.shape[0], device=q.device)
+            logits = q[sl] @ k.T
+            nu = None
+            if nu_all is not None:
+                assert thr is not None
+                nu = _negative_weights(logits, thr[sl], rows, p_sl, s_sl, settings)
+                nu_all[sl] = nu
+                fn_count[sl] = (n_cols - 2) - nu.sum(1, dtype=q.dtype)
+            logits.mul_(1.0 / settings.temperature)
+            partner_logit[sl] = logits[rows, p_sl]
+            if nu is not None and settings.soft_labels:
+                phi_logit_sum[sl] = _phi_logit_sum(logits, nu, rows, p_sl, s_sl)
+            # Softmax over the denominator, shifted by its own row max for stability.
+            exp = _denominator_logits(logits, nu, rows, p_sl, s_sl, settings)
+            row_max = exp.amax(1, keepdim=True)
+            exp.sub_(row_max).exp_()
+            total = exp.sum(1, keepdim=True)
+            lse[sl] = (row_max + total.log()).squeeze(1)
+            torch.div(exp, total, out=prob[sl])
         rows_loss = _row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
-        ctx.save_for_backward(q, k, thresholds, partner, self_index, lse, partner_logit, fn_count, phi_logit_sum)
+        ctx.save_for_backward(q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum)
         ctx.settings = settings
         ctx.mark_non_differentiable(fn_count)
         return rows_loss, fn_count
 
     @staticmethod
     def backward(ctx: Any, grad_rows: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        q, k, thresholds, partner, self_index, lse, partner_logit, fn_count, phi_logit_sum = ctx.saved_tensors
+        (q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum) = ctx.saved_tensors
         settings: LossSettings = ctx.settings
-        thr = None if thresholds is None else thresholds.to(q.dtype)
-        grad_q = torch.zeros_like(q)
-        grad_k = torch.zeros_like(k)
         soft = settings.mask == "soft" and settings.uses_threshold
-        grad_thr = torch.zeros_like(q[:, 0]) if soft else None
+        grad_thr = torch.zeros_like(lse) if soft else None
         spread = (1.0 - settings.positive_weight) / fn_count.clamp_min(1.0)
         partner_label = 1.0 - spread * fn_count if settings.soft_labels else torch.ones_like(fn_count)
         # [F>1]·A/F from SPEC's max(F, 1): the label spread only moves with F above 1.
@@ -193,36 +185,40 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
         )
         g = grad_rows.to(q.dtype)
         n = q.shape[0]
+        grad_q = torch.empty_like(q)
+        grad_k = torch.zeros_like(k)
         step = _row_chunk(n, k.shape[0])
         for start in range(0, n, step):
-            stop = min(n, start + step)
-            sl = slice(start, stop)
-            t_sl = None if thr is None else thr[sl]
+            sl = slice(start, min(n, start + step))
             p_sl, s_sl = partner[sl], self_index[sl]
-            logits, nu, denom_logits, rows = _block(q[sl], k, p_sl, s_sl, t_sl, settings)
-            prob = denom_logits.sub_(lse[sl, None]).exp_()  # P_j = w_j e^{l_j - lse}
-            dlogits = prob
-            dlogits[rows, p_sl] -= partner_label[sl]
-            phi = None
+            rows = torch.arange(p_sl.shape[0], device=q.device)
+            nu = None if nu_all is None else nu_all[sl]
+            # ∂ℓ/∂l = P - y, labels (1-α)/max(F,1) on the suspected false negatives.
             if nu is not None and settings.soft_labels:
-                phi = _candidate_phi(nu, rows, p_sl, s_sl, logits.dtype)
-                dlogits.sub_(phi * spread[sl, None])
+                if nu.dtype == torch.bool:
+                    dlogits = torch.where(nu, prob[sl], prob[sl] - spread[sl, None])
+                else:
+                    dlogits = prob[sl] - (1 - nu) * spread[sl, None]
+                dlogits[rows, s_sl] = 0
+                dlogits[rows, p_sl] = prob[sl][rows, p_sl]
+            else:
+                dlogits = prob[sl].clone()
+            dlogits[rows, p_sl] -= partner_label[sl]
             dsim = dlogits.mul_(1.0 / settings.temperature)
             if soft:
                 assert nu is not None and grad_thr is not None
-                if phi is None:
-                    phi = _candidate_phi(nu, rows, p_sl, s_sl, logits.dtype)
+                logits = (q[sl] @ k.T).mul_(1.0 / settings.temperature)
                 dnu = torch.zeros_like(logits)
                 if settings.masks_denominator:
                     dnu += (logits - lse[sl, None]).exp_()
                 if settings.soft_labels:
                     dnu += (logits - partner_logit[sl, None] - label_centre[sl, None]) * spread[sl, None]
-                # ν φ / β, zero off C(i) because φ is.
-                dmask = dnu.mul_(nu * phi).mul_(1.0 / settings.mask_temperature)
+                # ν φ / β, zero off C(i) because ν is zero on the self and partner columns.
+                dmask = dnu.mul_(nu * (1 - nu)).mul_(1.0 / settings.mask_temperature)
                 dsim.sub_(dmask)
                 grad_thr[sl] = dmask.sum(1) * g[sl]
             dsim.mul_(g[sl, None])
-            grad_q[sl] = dsim @ k
+            torch.mm(dsim, k, out=grad_q[sl])
             grad_k.addmm_(dsim.T, q[sl])
         if grad_thr is not None and thresholds is not None:
             grad_thr = grad_thr.to(thresholds.dtype)
