@@ -1,0 +1,212 @@
+"""CPU training-step benchmark of the full AdaptiveRec loss against the losses people use today.
+
+Forward + backward of one contrastive step, `(B, D)` views, median over repeats, each point in a
+fresh subprocess with a capped address space so that an out-of-memory method fails as such
+(instead of taking the machine down) and its peak resident memory is its own.
+
+Methods:
+    adaptive       AdaptiveInfoNCE (attract, hard mask, ThresholdNet, its per-step k_stat, L_reg)
+    keep           this library's plain InfoNCE (false_negatives="keep")
+    lightly        lightly NTXentLoss
+    pml            pytorch-metric-learning NTXentLoss
+    authors_shape  the authors' released step: per-row Python loop for the soft labels and a full
+                   sort of the N(N-2) similarities (see authors_shape.py)
+
+Usage:
+    python benchmarks/bench_cpu_step.py                      # B in 256 1024 2048, D = 64
+    python benchmarks/bench_cpu_step.py --batch-sizes 256 --methods adaptive lightly
+Writes benchmarks/results/cpu_step/{results.json,results.md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+METHODS = ("adaptive", "keep", "lightly", "pml", "authors_shape")
+TEMPERATURE = 0.1
+# The address-space cap of each measuring subprocess (bytes).
+MEMORY_CAP = 16 * 1024**3
+
+
+def _build(method: str, dim: int):  # noqa: ANN202 - returns a (z1, z2) -> loss callable
+    sys.path.insert(0, str(HERE))
+    import baselines
+
+    if method == "adaptive":
+        from adaptive_contrastive import AdaptiveInfoNCE
+
+        loss_fn = AdaptiveInfoNCE(dim=dim, temperature=TEMPERATURE, warmup_epochs=0, backend="reference")
+        loss_fn.train()
+        loss_fn.end_epoch()  # a k̄_stat from a "previous epoch" so that L_reg runs as in training
+        loss_fn.k_bar.fill_(0.1)
+        return loss_fn
+    if method == "keep":
+        return baselines.make_adaptive("keep", backend="reference", temperature=TEMPERATURE)
+    if method == "authors_shape":
+        from authors_shape import authors_shape_loss
+
+        return lambda z1, z2: authors_shape_loss(z1, z2, threshold=0.1, temperature=TEMPERATURE)[0]
+    builder = {"lightly": baselines.lightly_ntxent, "pml": baselines.pml_ntxent}[method]
+    return builder(TEMPERATURE)
+
+
+def measure_point(method: str, batch: int, dim: int, repeats: int, budget_s: float) -> dict:
+    """Time one (method, B, D) point in this process; called inside the capped subprocess."""
+    import torch
+
+    torch.manual_seed(0)
+    loss_fn = _build(method, dim)
+    if loss_fn is None:
+        return {"status": "missing package"}
+    z1 = torch.randn(batch, dim, requires_grad=True)
+    z2 = torch.randn(batch, dim, requires_grad=True)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        loss_fn(z1, z2).backward()
+        elapsed = time.perf_counter() - start
+        z1.grad = z2.grad = None
+        if i > 0 or repeats == 0:  # the first call warms up allocator and caches
+            times.append(elapsed)
+        if time.perf_counter() > deadline and times:
+            break
+        if i == 0 and elapsed * (repeats + 1) > budget_s:
+            times.append(elapsed)  # too slow to repeat: report the single measured call
+            break
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "status": "ok",
+        "median_ms": 1e3 * statistics.median(times),
+        "min_ms": 1e3 * min(times),
+        "runs": len(times),
+        "peak_rss_growth_mb": (rss_after - rss_before) / 1024,
+    }
+
+
+def run_point(method: str, batch: int, dim: int, repeats: int, budget_s: float) -> dict:
+    """Measure a point in a subprocess whose address space is capped at MEMORY_CAP."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+    cmd = [sys.executable, __file__, "--point", method, str(batch), str(dim), str(repeats), str(budget_s)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    err = proc.stderr.strip().splitlines()
+    text = err[-1] if err else f"exit code {proc.returncode}"
+    oom = "memory" in proc.stderr.lower() or proc.returncode in (-9, 137)
+    return {"status": "out of memory" if oom else "error", "detail": text[:200]}
+
+
+def environment() -> dict:
+    import numpy
+    import torch
+
+    return {
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "memory_cap_gb": MEMORY_CAP / 1024**3,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def to_markdown(rows: list[dict], env: dict) -> str:
+    batches = sorted({r["B"] for r in rows})
+    out = [
+        f"Forward+backward per step, D = {rows[0]['D']}, float32, τ = {TEMPERATURE}; median ms "
+        f"(peak RSS growth MB). {env['cores']} cores ({env['processor']}), torch {env['torch']}.",
+        "",
+        "| method | " + " | ".join(f"B = {b} (N = {2 * b})" for b in batches) + " |",
+        "|---|" + "---|" * len(batches),
+    ]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = []
+        for b in batches:
+            r = next((x for x in rows if x["method"] == method and x["B"] == b), None)
+            if r is None:
+                cells.append("–")
+            elif r["status"] == "ok":
+                cells.append(f"{r['median_ms']:.1f} ({r['peak_rss_growth_mb']:.0f})")
+            else:
+                cells.append(r["status"])
+        out.append(f"| {method} | " + " | ".join(cells) + " |")
+    ok = {(r["method"], r["B"]): r for r in rows if r["status"] == "ok"}
+    out.append("")
+    for b in batches:
+        a, li, au = ok.get(("adaptive", b)), ok.get(("lightly", b)), ok.get(("authors_shape", b))
+        if a and li:
+            out.append(f"- B = {b}: adaptive / lightly = {a['median_ms'] / li['median_ms']:.2f}×")
+        if a and au:
+            out.append(f"- B = {b}: authors' shape / adaptive = {au['median_ms'] / a['median_ms']:.0f}× faster")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 2048])
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--budget-s", type=float, default=30.0, help="time budget per point")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "cpu_step")
+    parser.add_argument("--point", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.point:
+        method, batch, dim, repeats, budget = args.point
+        print(json.dumps(measure_point(method, int(batch), int(dim), int(repeats), float(budget))))
+        return
+
+    env = environment()
+    rows: list[dict] = []
+    failed: set[str] = set()
+    for batch in args.batch_sizes:
+        for method in args.methods:
+            if method in failed:
+                result = {"status": "skipped (failed at a smaller B)"}
+            else:
+                result = run_point(method, batch, args.dim, args.repeats, args.budget_s)
+            if result["status"] not in ("ok", "missing package"):
+                failed.add(method)
+            row = {"method": method, "B": batch, "N": 2 * batch, "D": args.dim, **result}
+            rows.append(row)
+            shown = f"{row['median_ms']:.1f} ms" if row["status"] == "ok" else row["status"]
+            print(f"B={batch:5d} {method:>14}: {shown}", flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"environment": env, "command": " ".join(sys.argv), "rows": rows}, indent=2))
+    table = to_markdown(rows, env)
+    (args.out / "results.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
