@@ -64,7 +64,10 @@ def check_embeddings(z1: object, z2: object) -> tuple[Tensor, Tensor]:
             raise ValueError(f"{name} must have shape (B, D), got {tuple(z.shape)}")
     assert isinstance(z1, Tensor) and isinstance(z2, Tensor)
     if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape (row b of z1 pairs with row b of z2), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            "z1 and z2 must have the same shape (row b of z1 pairs with row b of z2), "
+            f"got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     if z1.device != z2.device:
         raise ValueError(f"z1 and z2 must be on the same device, got {z1.device} and {z2.device}")
     if z1.dtype != z2.dtype:

@@ -48,7 +48,7 @@ class _GatherRows(torch.autograd.Function):
         me = dist.get_rank()
         ctx.start = sum(counts[:me])
         ctx.stop = ctx.start + counts[me]
-        return torch.cat([p[:c] for p, c in zip(parts, counts)])
+        return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]

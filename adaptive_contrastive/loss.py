@@ -77,7 +77,8 @@ class AdaptiveInfoNCE(nn.Module):
         mask: ``"hard"`` or ``"soft"``.
         mask_temperature: β of the soft mask.
         backend: ``"auto"``, ``"reference"`` or ``"triton"``.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (`(2B,)` rows, each plus λ·L_reg, so their mean is the ``"mean"`` loss).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (`(2B,)` rows, each plus λ·L_reg, so that
+            their mean is the ``"mean"`` loss).
         gather_distributed: score against every rank's rows under torch.distributed.
         update: ``"epoch"`` (k̄_stat = mean of the previous epoch) or ``"ema"``.
         momentum: EMA momentum for ``update="ema"``.
@@ -204,7 +205,9 @@ class AdaptiveInfoNCE(nn.Module):
         k_learn: Tensor | None = None
         if self.threshold_net is not None:
             context = distributed.gather_rows(z1.detach())[0] if gather else None
-            k_learn = self.threshold_net(z1.detach(), context) if context is not None else self.threshold_net(z1.detach())
+            k_learn = (
+                self.threshold_net(z1.detach(), context) if context is not None else self.threshold_net(z1.detach())
+            )
             if k_learn.shape != (z1.shape[0],):
                 raise ValueError(f"the threshold module must map (B, D) to (B,), got {tuple(k_learn.shape)}")
             k: Tensor | float | None = k_learn
@@ -216,7 +219,9 @@ class AdaptiveInfoNCE(nn.Module):
         warm = int(self.epochs_done) < self.warmup_epochs
         settings = self.settings
         if warm or k is None:
-            settings = make_settings(settings.temperature, "keep", settings.positive_weight, settings.mask, settings.mask_temperature)
+            settings = make_settings(
+                settings.temperature, "keep", settings.positive_weight, settings.mask, settings.mask_temperature
+            )
         thresholds = None
         if settings.uses_threshold:
             assert k is not None
@@ -233,7 +238,9 @@ class AdaptiveInfoNCE(nn.Module):
 
         n_rows = rows.shape[0]
         self.last = Diagnostics(
-            k=thresholds.detach() if thresholds is not None else torch.full((n_rows,), float("nan"), device=rows.device),
+            k=thresholds.detach()
+            if thresholds is not None
+            else torch.full((n_rows,), float("nan"), device=rows.device),
             k_learn=None if k_learn is None else k_learn.detach(),
             k_stat=batch_k_stat,
             k_bar=self.k_bar.detach().clone(),

@@ -98,9 +98,7 @@ def _denominator_logits(
     return out
 
 
-def _phi_logit_sum(
-    logits: Tensor, nu: Tensor, rows: Tensor, partner: Tensor, self_index: Tensor
-) -> Tensor:
+def _phi_logit_sum(logits: Tensor, nu: Tensor, rows: Tensor, partner: Tensor, self_index: Tensor) -> Tensor:
     """Σ_C φ_j l_j, the label term's sum over suspected false negatives."""
     weighted = torch.where(nu, 0.0, logits) if nu.dtype == torch.bool else (1 - nu) * logits
     weighted[rows, self_index] = 0
@@ -166,14 +164,18 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
             lse[sl] = (row_max + total.log()).squeeze(1)
             torch.div(exp, total, out=prob[sl])
         rows_loss = _row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
-        ctx.save_for_backward(q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum)
+        ctx.save_for_backward(
+            q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum
+        )
         ctx.settings = settings
         ctx.mark_non_differentiable(fn_count)
         return rows_loss, fn_count
 
     @staticmethod
     def backward(ctx: Any, grad_rows: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        (q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum) = ctx.saved_tensors
+        (q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum) = (
+            ctx.saved_tensors
+        )
         settings: LossSettings = ctx.settings
         soft = settings.mask == "soft" and settings.uses_threshold
         grad_thr = torch.zeros_like(lse) if soft else None

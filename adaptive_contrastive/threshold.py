@@ -100,7 +100,9 @@ class ThresholdNet(nn.Module):
         hidden = 2 * dim if hidden is None else hidden
         if arch == "flat":
             if batch_size is None or isinstance(batch_size, bool) or batch_size < 2:
-                raise ValueError(f'arch="flat" maps a whole batch to B thresholds: pass batch_size=B (>= 2), got {batch_size!r}')
+                raise ValueError(
+                    f'arch="flat" maps a whole batch to B thresholds: pass batch_size=B (>= 2), got {batch_size!r}'
+                )
             self.batch_size: int | None = int(batch_size)
             self.body = nn.Sequential(nn.Linear(batch_size * dim, hidden), nn.ReLU())
             self.head = nn.Linear(hidden, batch_size)

@@ -202,7 +202,9 @@ def main() -> None:
             print(f"B={batch:5d} {method:>14}: {shown}", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"environment": env, "command": " ".join(sys.argv), "rows": rows}, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps({"environment": env, "command": " ".join(sys.argv), "rows": rows}, indent=2)
+    )
     table = to_markdown(rows, env)
     (args.out / "results.md").write_text(table)
     print(table)
