@@ -28,9 +28,11 @@ __all__ = ["adaptive_info_nce", "k_stat"]
 def triton_unavailable_reason(device: torch.device) -> str | None:
     """Why the Triton backend cannot run on `device`, or None when it can."""
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError:
         return "Triton is not installed (pip install 'adaptive-contrastive[triton]')"
+    if int(triton.__version__.split(".")[0]) < 3:
+        return f"Triton {triton.__version__} is too old, the kernels need triton>=3.0"
     if device.type == "cuda":
         return None
     if os.environ.get("TRITON_INTERPRET") == "1" and device.type == "cpu":
@@ -119,15 +121,17 @@ def scored_rows(
     return rows, counts, 2 * total
 
 
-def reduce_rows(rows: Tensor, reduction: str, global_rows: int) -> Tensor:
-    """Reduce row losses; under distributed gathering each rank's share is scaled so that the
-    average over ranks (what DDP does to gradients) equals the single-process value."""
+def reduce_rows(rows: Tensor, reduction: str, global_rows: int, world: int = 1) -> Tensor:
+    """Reduce this process's row losses out of `global_rows` in all.
+
+    Under distributed gathering (`world` > 1) each rank returns its share scaled by `world`, so
+    that the average over ranks (what DDP does to gradients) equals the single-process value.
+    """
     if reduction == "none":
         return rows
-    scale = distributed.world_size() if global_rows != rows.shape[0] else 1
     if reduction == "sum":
-        return rows.sum() * scale
-    return rows.sum() * (scale / global_rows)
+        return rows.sum() * world
+    return rows.sum() * (world / global_rows)
 
 
 def adaptive_info_nce(
@@ -182,7 +186,8 @@ def adaptive_info_nce(
         z1, z2, threshold, temperature, similarity, false_negatives, positive_weight, mask,
         mask_temperature, backend, gather_distributed,
     )
-    return reduce_rows(rows, check_choice("reduction", reduction, REDUCTIONS), global_rows)
+    world = distributed.world_size() if gather_distributed else 1
+    return reduce_rows(rows, check_choice("reduction", reduction, REDUCTIONS), global_rows, world)
 
 
 def _rows_from_public(

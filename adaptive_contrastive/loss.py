@@ -195,7 +195,8 @@ class AdaptiveInfoNCE(nn.Module):
         z1, z2 = check_embeddings(z1, z2)
         backend = resolve_backend(self.backend, z1.device)
         u1, u2 = embed(z1, self.similarity), embed(z2, self.similarity)
-        gather = self.gather_distributed and distributed.world_size() > 1
+        world = distributed.world_size() if self.gather_distributed else 1
+        gather = world > 1
         with torch.no_grad():
             all1 = distributed.gather_rows(u1.detach())[0] if gather else u1.detach()
             all2 = distributed.gather_rows(u2.detach())[0] if gather else u2.detach()
@@ -204,10 +205,11 @@ class AdaptiveInfoNCE(nn.Module):
 
         k_learn: Tensor | None = None
         if self.threshold_net is not None:
-            context = distributed.gather_rows(z1.detach())[0] if gather else None
-            k_learn = (
-                self.threshold_net(z1.detach(), context) if context is not None else self.threshold_net(z1.detach())
-            )
+            if isinstance(self.threshold_net, ThresholdNet) and gather:
+                # Batch statistics of every rank's rows, so that g sees what one process would.
+                k_learn = self.threshold_net(z1.detach(), distributed.gather_rows(z1.detach())[0])
+            else:
+                k_learn = self.threshold_net(z1.detach())
             if k_learn.shape != (z1.shape[0],):
                 raise ValueError(f"the threshold module must map (B, D) to (B,), got {tuple(k_learn.shape)}")
             k: Tensor | float | None = k_learn
@@ -231,9 +233,12 @@ class AdaptiveInfoNCE(nn.Module):
         rows, counts, global_rows = scored_rows(u1, u2, thresholds, settings, backend, gather)
 
         loss_reg = torch.zeros((), dtype=rows.dtype, device=rows.device)
-        if k_learn is not None and self.has_target:
-            loss_reg = (k_learn.to(rows.dtype) - self.k_bar.to(rows.dtype)).square().mean()
-        loss_learn = reduce_rows(rows, self.reduction, global_rows)
+        if k_learn is not None and self.has_target and not warm:
+            # The mean over the B sequences of the whole (gathered) batch; under gathering this
+            # rank's share, scaled like the rows (see functional.reduce_rows).
+            square = (k_learn.to(rows.dtype) - self.k_bar.to(rows.dtype)).square()
+            loss_reg = reduce_rows(square, "mean", global_rows // 2, world)
+        loss_learn = reduce_rows(rows, self.reduction, global_rows, world)
         loss = loss_learn + self.reg_weight * loss_reg
 
         n_rows = rows.shape[0]

@@ -18,7 +18,8 @@ self and partner):
 Backward (recomputing the blocks, like flash attention), with P_j = w_j e^{l_j - lse}:
 
     ∂ℓ/∂s_j = (P_j - y_j)/τ - D_j,   ∂ℓ/∂k_i = Σ_C D_j,
-    D_j = ∂ℓ/∂ν_j · ν_j φ_j / β   (soft mask only; 0 for the hard mask)
+    D_j = ∂ℓ/∂ν_j · ν_j φ_j / β   (soft mask only; 0 for the hard mask; its denominator part
+                                   ν_j e^{l_j - lse} φ_j / β is evaluated as P_j φ_j / β)
     ∂ℓ/∂ν_j = [drop/attract] e^{l_j - lse} + [attract/relabel] (1-α)/max(F,1) · (l_j - l_p - [F>1] A/F)
     A = Σ_C φ_j (l_j - l_p)
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._modes import DENOMINATOR_MASKED, SOFT_LABELLED
@@ -82,18 +84,27 @@ def _negative_weights(
 
 
 def _denominator_logits(
-    logits: Tensor, nu: Tensor | None, rows: Tensor, partner: Tensor, self_index: Tensor, settings: LossSettings
+    logits: Tensor,
+    nu: Tensor | None,
+    log_nu: Tensor | None,
+    rows: Tensor,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
 ) -> Tensor:
-    """l_j + log w_j: -inf where a column leaves the softmax denominator."""
+    """l_j + log w_j: -inf where a column leaves the softmax denominator.
+
+    The soft mask passes log ν = logsigmoid((k - s)/β) itself: ν may underflow to 0 where e^l is
+    still large enough for ν·e^l to matter.
+    """
     if not settings.masks_denominator:
         out = logits.clone()
-        out[rows, self_index] = float("-inf")
-        return out
-    assert nu is not None
-    if nu.dtype == torch.bool:
-        out = torch.where(nu, logits, float("-inf"))
+    elif log_nu is not None:
+        out = logits + log_nu
     else:
-        out = logits + nu.log()
+        assert nu is not None
+        out = torch.where(nu, logits, float("-inf"))
+    out[rows, self_index] = float("-inf")
     out[rows, partner] = logits[rows, partner]
     return out
 
@@ -146,18 +157,26 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
             p_sl, s_sl = partner[sl], self_index[sl]
             rows = torch.arange(p_sl.shape[0], device=q.device)
             logits = q[sl] @ k.T
-            nu = None
+            nu = log_nu = None
             if nu_all is not None:
                 assert thr is not None
                 nu = _negative_weights(logits, thr[sl], rows, p_sl, s_sl, settings)
+                if settings.mask == "soft" and settings.masks_denominator:
+                    log_nu = F.logsigmoid((thr[sl, None] - logits) / settings.mask_temperature)
                 nu_all[sl] = nu
-                fn_count[sl] = (n_cols - 2) - nu.sum(1, dtype=q.dtype)
+                if nu.dtype == torch.bool:
+                    fn_count[sl] = (n_cols - 2) - nu.sum(1, dtype=q.dtype)
+                else:  # Σ(1 - ν) directly: |C| - Σν loses digits when most ν are near 1
+                    phi = 1 - nu
+                    phi[rows, s_sl] = 0
+                    phi[rows, p_sl] = 0
+                    fn_count[sl] = phi.sum(1)
             logits.mul_(1.0 / settings.temperature)
             partner_logit[sl] = logits[rows, p_sl]
             if nu is not None and settings.soft_labels:
                 phi_logit_sum[sl] = _phi_logit_sum(logits, nu, rows, p_sl, s_sl)
             # Softmax over the denominator, shifted by its own row max for stability.
-            exp = _denominator_logits(logits, nu, rows, p_sl, s_sl, settings)
+            exp = _denominator_logits(logits, nu, log_nu, rows, p_sl, s_sl, settings)
             row_max = exp.amax(1, keepdim=True)
             exp.sub_(row_max).exp_()
             total = exp.sum(1, keepdim=True)
@@ -209,14 +228,19 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
             dsim = dlogits.mul_(1.0 / settings.temperature)
             if soft:
                 assert nu is not None and grad_thr is not None
-                logits = (q[sl] @ k.T).mul_(1.0 / settings.temperature)
-                dnu = torch.zeros_like(logits)
+                # D = ∂ℓ/∂ν · νφ/β, zero off C(i) because ν is zero on the self and partner columns.
+                # The denominator's part ν·e^{l-lse} is P itself: e^{l-lse} alone can overflow
+                # where ν has underflowed to 0.
+                phi = 1 - nu
+                dmask = torch.zeros_like(dsim)
                 if settings.masks_denominator:
-                    dnu += (logits - lse[sl, None]).exp_()
+                    dmask += prob[sl] * phi
+                    dmask[rows, p_sl] = 0  # the partner is no candidate: φ there is not 1 - ν
                 if settings.soft_labels:
-                    dnu += (logits - partner_logit[sl, None] - label_centre[sl, None]) * spread[sl, None]
-                # ν φ / β, zero off C(i) because ν is zero on the self and partner columns.
-                dmask = dnu.mul_(nu * (1 - nu)).mul_(1.0 / settings.mask_temperature)
+                    logits = (q[sl] @ k.T).mul_(1.0 / settings.temperature)
+                    logits.sub_(partner_logit[sl, None] + label_centre[sl, None]).mul_(spread[sl, None])
+                    dmask += logits.mul_(nu * phi)
+                dmask.mul_(1.0 / settings.mask_temperature)
                 dsim.sub_(dmask)
                 grad_thr[sl] = dmask.sum(1) * g[sl]
             dsim.mul_(g[sl, None])

@@ -1,0 +1,10 @@
+"""Fused Triton backend: `triton_masked_info_nce_rows`, with the contract of `reference.masked_info_nce_rows`.
+
+Importing this package needs Triton; `functional` imports it lazily, only for ``backend="triton"``.
+Under ``TRITON_INTERPRET=1`` (set before this package is first imported) the kernels also run on
+CPU tensors, slowly: that is how the tests check them without a GPU.
+"""
+
+from .masked_info_nce import MAX_DIM, MaskedInfoNCETriton, triton_masked_info_nce_rows
+
+__all__ = ["MAX_DIM", "MaskedInfoNCETriton", "triton_masked_info_nce_rows"]
