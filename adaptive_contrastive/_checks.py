@@ -53,8 +53,12 @@ def _as_float(name: str, value: object) -> float:
     return float(value)
 
 
-def check_embeddings(z1: object, z2: object) -> tuple[Tensor, Tensor]:
-    """Two views `(B, D)` of B >= 2 sequences: same shape, device and floating dtype, finite."""
+def check_embeddings(z1: object, z2: object, min_batch: int = 2) -> tuple[Tensor, Tensor]:
+    """Two views `(B, D)` of B >= `min_batch` sequences: same shape, device and floating dtype, finite.
+
+    Under distributed gathering a rank may hold a single sequence (`min_batch=1`): its negatives
+    come from the other ranks.
+    """
     for name, z in (("z1", z1), ("z2", z2)):
         if not isinstance(z, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
@@ -72,8 +76,10 @@ def check_embeddings(z1: object, z2: object) -> tuple[Tensor, Tensor]:
         raise ValueError(f"z1 and z2 must be on the same device, got {z1.device} and {z2.device}")
     if z1.dtype != z2.dtype:
         raise TypeError(f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}")
-    if z1.shape[0] < 2:
-        raise ValueError(f"z1 and z2 need B >= 2 rows (sequences) to have any negatives, got B={z1.shape[0]}")
+    if z1.shape[0] < min_batch:
+        raise ValueError(
+            f"z1 and z2 need B >= {min_batch} rows (sequences) to have any negatives, got B={z1.shape[0]}"
+        )
     if z1.shape[1] < 1:
         raise ValueError("z1 and z2 need at least one feature column (D >= 1)")
     for name, z in (("z1", z1), ("z2", z2)):

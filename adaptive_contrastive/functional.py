@@ -203,7 +203,8 @@ def _rows_from_public(
     backend: str,
     gather_distributed: bool,
 ) -> tuple[Tensor, Tensor, int]:
-    z1, z2 = check_embeddings(z1, z2)
+    gathering = gather_distributed and distributed.world_size() > 1
+    z1, z2 = check_embeddings(z1, z2, min_batch=1 if gathering else 2)
     settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
     check_choice("similarity", similarity, SIMILARITIES)
     resolved = resolve_backend(backend, z1.device)

@@ -192,11 +192,11 @@ class AdaptiveInfoNCE(nn.Module):
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         """L_cl for two views `(B, D)` of B sequences (scalar unless ``reduction="none"``)."""
-        z1, z2 = check_embeddings(z1, z2)
-        backend = resolve_backend(self.backend, z1.device)
-        u1, u2 = embed(z1, self.similarity), embed(z2, self.similarity)
         world = distributed.world_size() if self.gather_distributed else 1
         gather = world > 1
+        z1, z2 = check_embeddings(z1, z2, min_batch=1 if gather else 2)
+        backend = resolve_backend(self.backend, z1.device)
+        u1, u2 = embed(z1, self.similarity), embed(z2, self.similarity)
         with torch.no_grad():
             all1 = distributed.gather_rows(u1.detach())[0] if gather else u1.detach()
             all2 = distributed.gather_rows(u2.detach())[0] if gather else u2.detach()

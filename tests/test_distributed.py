@@ -1,0 +1,229 @@
+"""`gather_distributed=True` under torch.distributed: 2 CPU processes, gloo, 127.0.0.1 only.
+
+SPEC §5: loss and gradients equal those of one process holding the concatenated batch. With W
+ranks, each rank returns `sum(own rows) · W / N_global` for `mean` (W · its sum for `sum`), so the
+average over ranks — what DDP applies to gradients — is the single-process loss; the gathered
+rows' backward sums over ranks, so the gradient reaching a rank's embeddings is W times the
+single-process gradient of those rows (for `mean`/`sum`; 1× for `none`, whose rows are not
+rescaled), and after averaging parameter gradients over ranks they equal the single-process ones.
+
+All scenarios run in one spawn of two processes (a few seconds of start-up) and every test
+checks one of them; the spawn is bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from _distributed_worker import RowwiseThreshold, local_row_index, local_rows, local_threshold, worker
+
+from adaptive_contrastive import AdaptiveInfoNCE, ThresholdNet
+from adaptive_contrastive.functional import adaptive_info_nce
+
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+    ),
+]
+
+WORLD = 2
+D = 6
+DEADLINE_S = 120.0
+
+
+def _views(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(b, D, dtype=torch.float64, generator=g)
+    z1[1] = z1[0] + 0.2 * torch.randn(D, dtype=torch.float64, generator=g)
+    z2 = z1 + 0.6 * torch.randn(b, D, dtype=torch.float64, generator=g)
+    return z1, z2
+
+
+def _functional(sizes: list[int], threshold_kind: str, seed: int, threshold_grad: bool = False, **kwargs) -> dict:
+    b = sum(sizes)
+    z1, z2 = _views(b, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    threshold = {
+        "none": None,
+        "float": 0.25,
+        "B": 0.2 + 0.2 * torch.randn(b, dtype=torch.float64, generator=g),
+        "N": 0.2 + 0.2 * torch.randn(2 * b, dtype=torch.float64, generator=g),
+    }[threshold_kind]
+    kwargs.setdefault("reduction", "mean")
+    return {
+        "api": "functional",
+        "sizes": sizes,
+        "z1": z1,
+        "z2": z2,
+        "threshold": threshold,
+        "threshold_grad": threshold_grad,
+        "kwargs": kwargs,
+        "upstream": torch.linspace(-1.0, 2.0, 2 * b, dtype=torch.float64),
+    }
+
+
+def _module(sizes: list[int], threshold: object, seed: int, **config) -> dict:
+    """A module past its warmup with a target k̄ (so L_reg is active), weights fixed by the seed."""
+    b = sum(sizes)
+    z1, z2 = _views(b, seed)
+    torch.manual_seed(seed)
+    config = {"dim": D, "threshold": threshold, "temperature": 0.5, "reg_weight": 0.5, **config}
+    ref = AdaptiveInfoNCE(**config)
+    with torch.no_grad():
+        ref.k_bar.fill_(0.3)
+        ref.epochs_done.fill_(1)
+        if isinstance(ref.threshold_net, ThresholdNet):
+            ref.threshold_net.head.weight.normal_(std=0.5)  # spread k_learn so rows differ
+            ref.threshold_net.head.bias.fill_(0.3)
+    return {"api": "module", "sizes": sizes, "z1": z1, "z2": z2, "config": config, "state": ref.state_dict()}
+
+
+SCENARIOS = {
+    "fn-attract-hard-B-equal": _functional([3, 3], "B", 10, false_negatives="attract"),
+    "fn-attract-soft-N-unequal": _functional(
+        [2, 5], "N", 11, threshold_grad=True, false_negatives="attract", mask="soft", mask_temperature=0.2
+    ),
+    "fn-drop-hard-float-unequal-sum": _functional([4, 2], "float", 12, false_negatives="drop", reduction="sum"),
+    "fn-relabel-hard-B-equal-none": _functional([3, 3], "B", 13, false_negatives="relabel", reduction="none"),
+    "fn-keep-dot-unequal": _functional([3, 2], "none", 14, false_negatives="keep", similarity="dot", temperature=2.0),
+    "fn-drop-soft-B-unequal": _functional([2, 4], "B", 15, threshold_grad=True, false_negatives="drop", mask="soft"),
+    # A rank with a single sequence (the end of an epoch without drop_last): its negatives are remote.
+    "fn-attract-hard-float-single-row": _functional([1, 4], "float", 16, false_negatives="attract"),
+    "module-float-attract-equal": _module([3, 3], 0.25, 20),
+    "module-float-attract-unequal": _module([2, 5], 0.25, 21),
+    "module-net-attract-hard-equal": _module([4, 4], "learn", 22),
+    "module-net-attract-hard-unequal": _module([2, 5], "learn", 23),
+    "module-net-attract-soft-equal": _module([3, 3], "learn", 24, mask="soft"),
+    "module-net-attract-soft-unequal": _module([3, 4], "learn", 25, mask="soft"),
+    "module-kbar-drop-unequal": _module([4, 3], None, 26, false_negatives="drop"),
+    "module-custom-threshold-equal": _module([3, 3], RowwiseThreshold(D), 27, mask="soft"),
+    "module-net-attract-single-row": _module([1, 3], "learn", 28),
+}
+FUNCTIONAL = [n for n, s in SCENARIOS.items() if s["api"] == "functional"]
+MODULE = [n for n, s in SCENARIOS.items() if s["api"] == "module"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("dist")
+    ctx = mp.start_processes(
+        worker, args=(WORLD, _free_port(), SCENARIOS, str(out_dir)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed workers did not finish within {DEADLINE_S:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def _result(rank_results: list[dict], name: str) -> list[dict]:
+    out = [r[name] for r in rank_results]
+    for r in out:
+        if "error" in r:
+            pytest.fail("worker raised:\n" + r["error"])
+    return out
+
+
+def _single_functional(sc: dict) -> dict:
+    z1 = sc["z1"].clone().requires_grad_(True)
+    z2 = sc["z2"].clone().requires_grad_(True)
+    k = sc["threshold"]
+    if isinstance(k, torch.Tensor):
+        k = k.clone().requires_grad_(sc["threshold_grad"])
+    out = adaptive_info_nce(z1, z2, k, **sc["kwargs"])
+    out.backward() if out.dim() == 0 else out.backward(sc["upstream"])
+    return {"loss": out.detach(), "g1": z1.grad, "g2": z2.grad, "gk": k.grad if isinstance(k, torch.Tensor) else None}
+
+
+TOL = dict(atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", FUNCTIONAL)
+def test_functional_equals_single_process(rank_results: list[dict], name: str) -> None:
+    sc = SCENARIOS[name]
+    sizes = sc["sizes"]
+    ranks = _result(rank_results, name)
+    single = _single_functional(sc)
+    reduction = sc["kwargs"]["reduction"]
+    if reduction == "none":
+        for r, res in enumerate(ranks):
+            torch.testing.assert_close(res["loss"], single["loss"][local_row_index(sizes, r)], **TOL)
+        grad_scale = 1.0
+    else:
+        # the average over ranks is the single-process loss
+        torch.testing.assert_close(sum(res["loss"] for res in ranks) / WORLD, single["loss"], **TOL)
+        # and each rank's share is the sum of its own rows, scaled by W / N (mean) or W (sum)
+        rows = adaptive_info_nce(sc["z1"], sc["z2"], sc["threshold"], **{**sc["kwargs"], "reduction": "none"})
+        n = 2 * sum(sizes)
+        for r, res in enumerate(ranks):
+            own = rows[local_row_index(sizes, r)].sum() * WORLD
+            torch.testing.assert_close(res["loss"], own / n if reduction == "mean" else own, **TOL)
+        grad_scale = float(WORLD)
+    for r, res in enumerate(ranks):
+        torch.testing.assert_close(res["g1"], grad_scale * local_rows(single["g1"], sizes, r), **TOL)
+        torch.testing.assert_close(res["g2"], grad_scale * local_rows(single["g2"], sizes, r), **TOL)
+        if sc["threshold_grad"]:
+            want_k = local_threshold(single["gk"], sizes, r)
+            torch.testing.assert_close(res["gk"], grad_scale * want_k, **TOL)
+
+
+def _single_module(sc: dict) -> tuple[dict, AdaptiveInfoNCE]:
+    loss_fn = AdaptiveInfoNCE(**sc["config"])
+    loss_fn.load_state_dict(sc["state"])
+    loss_fn.zero_grad(set_to_none=True)
+    z1 = sc["z1"].clone().requires_grad_(True)
+    z2 = sc["z2"].clone().requires_grad_(True)
+    loss = loss_fn(z1, z2)
+    loss.backward()
+    params = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in loss_fn.named_parameters()}
+    return {"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad, "params": params}, loss_fn
+
+
+@pytest.mark.parametrize("name", MODULE)
+def test_module_equals_single_process(rank_results: list[dict], name: str) -> None:
+    sc = SCENARIOS[name]
+    sizes = sc["sizes"]
+    ranks = _result(rank_results, name)
+    single, loss_fn = _single_module(sc)
+    assert all(res["mode"] == loss_fn.last.mode != "keep" for res in ranks)
+    for r, res in enumerate(ranks):
+        # every rank computes k_stat of the whole gathered batch and records it
+        torch.testing.assert_close(res["k_stat"], loss_fn.last.k_stat)
+        torch.testing.assert_close(res["k_sum"], loss_fn.k_sum)
+        # the thresholds of its rows are those of the single process
+        torch.testing.assert_close(
+            res["k"].double(), loss_fn.last.k.double()[local_row_index(sizes, r)], atol=1e-6, rtol=1e-6
+        )
+    torch.testing.assert_close(sum(res["loss"] for res in ranks) / WORLD, single["loss"], atol=1e-7, rtol=1e-6)
+    for r, res in enumerate(ranks):
+        torch.testing.assert_close(res["g1"], WORLD * local_rows(single["g1"], sizes, r), atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(res["g2"], WORLD * local_rows(single["g2"], sizes, r), atol=1e-7, rtol=1e-5)
+    for pname, want in single["params"].items():
+        averaged = sum(res["params"][pname] for res in ranks) / WORLD  # what DDP does
+        torch.testing.assert_close(averaged, want, atol=1e-6, rtol=1e-5, msg=lambda m, p=pname: f"{p}: {m}")
+
+
+def test_without_process_group_gather_is_a_no_op() -> None:
+    """Outside torch.distributed, gather_distributed=True is the single-process loss."""
+    sc = SCENARIOS["fn-attract-soft-N-unequal"]
+    a = adaptive_info_nce(sc["z1"], sc["z2"], sc["threshold"], gather_distributed=True, **sc["kwargs"])
+    b = adaptive_info_nce(sc["z1"], sc["z2"], sc["threshold"], **sc["kwargs"])
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
