@@ -183,8 +183,17 @@ def adaptive_info_nce(
         torch.Size([8])
     """
     rows, _, global_rows = _rows_from_public(
-        z1, z2, threshold, temperature, similarity, false_negatives, positive_weight, mask,
-        mask_temperature, backend, gather_distributed,
+        z1,
+        z2,
+        threshold,
+        temperature,
+        similarity,
+        false_negatives,
+        positive_weight,
+        mask,
+        mask_temperature,
+        backend,
+        gather_distributed,
     )
     world = distributed.world_size() if gather_distributed else 1
     return reduce_rows(rows, check_choice("reduction", reduction, REDUCTIONS), global_rows, world)
@@ -210,7 +219,10 @@ def _rows_from_public(
     resolved = resolve_backend(backend, z1.device)
     if settings.uses_threshold:
         if threshold is None:
-            raise ValueError(f'false_negatives="{false_negatives}" needs a threshold (a float or a tensor); only "keep" works without one')
+            raise ValueError(
+                f'false_negatives="{false_negatives}" needs a threshold (a float or a tensor); '
+                'only "keep" works without one'
+            )
         thresholds: Tensor | None = thresholds_per_row(threshold, z1.shape[0], embed(z1[:1], "dot"))
     else:
         thresholds = None

@@ -117,14 +117,30 @@ def _phi_logit_sum(logits: Tensor, nu: Tensor, rows: Tensor, partner: Tensor, se
     return weighted.sum(1)
 
 
-def _row_loss(
+def label_terms(fn_count: Tensor, settings: LossSettings) -> tuple[Tensor, Tensor]:
+    """σ_i = (1-α)/max(F_i, 1), the label of each suspected false negative, and y_p = 1 - σ_i F_i,
+    the partner's; (0, 1) for the modes without soft labels. Shared by every backend."""
+    if not settings.soft_labels:
+        return torch.zeros_like(fn_count), torch.ones_like(fn_count)
+    spread = (1.0 - settings.positive_weight) / fn_count.clamp_min(1.0)
+    return spread, 1.0 - spread * fn_count
+
+
+def row_loss(
     lse: Tensor, partner_logit: Tensor, fn_count: Tensor, phi_logit_sum: Tensor, settings: LossSettings
 ) -> Tensor:
-    if not settings.soft_labels:
-        return lse - partner_logit
-    spread = (1.0 - settings.positive_weight) / fn_count.clamp_min(1.0)
-    partner_label = 1.0 - spread * fn_count
+    """ℓ_i = lse_i - y_p l_p - σ_i Σ_C φ_j l_j from the saved row statistics."""
+    spread, partner_label = label_terms(fn_count, settings)
     return lse - partner_label * partner_logit - spread * phi_logit_sum
+
+
+def label_centre(fn_count: Tensor, partner_logit: Tensor, phi_logit_sum: Tensor) -> Tensor:
+    """c_i = l_p + [F>1]·Σ_C φ_j (l_j - l_p)/F: ∂(label term)/∂φ_j = σ_i (l_j - c_i) (soft mask).
+
+    The [F>1] comes from SPEC's max(F, 1): the label spread only moves with F above 1.
+    """
+    spread_mean = (phi_logit_sum - fn_count * partner_logit) / fn_count.clamp_min(1.0)
+    return partner_logit + torch.where(fn_count > 1, spread_mean, 0.0)
 
 
 class MaskedInfoNCEFunction(torch.autograd.Function):
@@ -182,7 +198,7 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
             total = exp.sum(1, keepdim=True)
             lse[sl] = (row_max + total.log()).squeeze(1)
             torch.div(exp, total, out=prob[sl])
-        rows_loss = _row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
+        rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
         ctx.save_for_backward(
             q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum
         )
@@ -198,12 +214,8 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
         settings: LossSettings = ctx.settings
         soft = settings.mask == "soft" and settings.uses_threshold
         grad_thr = torch.zeros_like(lse) if soft else None
-        spread = (1.0 - settings.positive_weight) / fn_count.clamp_min(1.0)
-        partner_label = 1.0 - spread * fn_count if settings.soft_labels else torch.ones_like(fn_count)
-        # [F>1]·A/F from SPEC's max(F, 1): the label spread only moves with F above 1.
-        label_centre = torch.where(
-            fn_count > 1, (phi_logit_sum - fn_count * partner_logit) / fn_count.clamp_min(1.0), 0.0
-        )
+        spread, partner_label = label_terms(fn_count, settings)
+        centre = label_centre(fn_count, partner_logit, phi_logit_sum)
         g = grad_rows.to(q.dtype)
         n = q.shape[0]
         grad_q = torch.empty_like(q)
@@ -238,7 +250,7 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
                     dmask[rows, p_sl] = 0  # the partner is no candidate: φ there is not 1 - ν
                 if settings.soft_labels:
                     logits = (q[sl] @ k.T).mul_(1.0 / settings.temperature)
-                    logits.sub_(partner_logit[sl, None] + label_centre[sl, None]).mul_(spread[sl, None])
+                    logits.sub_(centre[sl, None]).mul_(spread[sl, None])
                     dmask += logits.mul_(nu * phi)
                 dmask.mul_(1.0 / settings.mask_temperature)
                 dsim.sub_(dmask)

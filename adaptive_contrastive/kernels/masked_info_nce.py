@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference import LossSettings
+from ..reference import LossSettings, label_centre, label_terms, row_loss
 
 __all__ = ["MaskedInfoNCETriton", "triton_masked_info_nce_rows"]
 
@@ -502,8 +502,7 @@ class MaskedInfoNCETriton(torch.autograd.Function):
             q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             nq, nk, d, *common["scalars"], **common["meta"],
         )
-        spread, partner_label = _label_terms(fn_count, settings)
-        rows_loss = lse - partner_label * partner_logit - spread * phi_logit_sum
+        rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
         ctx.save_for_backward(q, k, thresholds, partner, self_index, lse, partner_logit, fn_count, phi_logit_sum)
         ctx.settings = settings
         ctx.input_dtype = input_dtype
@@ -517,10 +516,8 @@ class MaskedInfoNCETriton(torch.autograd.Function):
         nq, d = q.shape
         nk = k.shape[0]
         # Row constants of the gradient, O(Nq) elementwise work on the device (no host sync).
-        spread, partner_label = _label_terms(fn_count, settings)
-        centre = partner_logit + torch.where(
-            fn_count > 1, (phi_logit_sum - fn_count * partner_logit) / fn_count.clamp_min(1.0), 0.0
-        )
+        spread, partner_label = label_terms(fn_count, settings)
+        centre = label_centre(fn_count, partner_logit, phi_logit_sum)
         g = grad_rows.to(torch.float32).contiguous()  # a mean's gradient arrives expanded (stride 0)
         soft = settings.uses_threshold and settings.mask == "soft"
         grad_q = torch.empty((nq, d), dtype=torch.float32, device=q.device)
@@ -557,14 +554,6 @@ def _common_args(q: Tensor, k: Tensor, settings: LossSettings) -> dict[str, Any]
         "scalars": (1.0 / settings.temperature, 1.0 / settings.mask_temperature, _size_bucket(k.shape[0])),
         "meta": {**_flags(settings), "DOT_PRECISION": _dot_precision(q), "BLOCK_D": _block_d(q.shape[1])},
     }
-
-
-def _label_terms(fn_count: Tensor, settings: LossSettings) -> tuple[Tensor, Tensor]:
-    """σ_i = (1-α)/max(F_i, 1) and y_p = 1 - σ_i F_i for soft-labelled modes; (0, 1) otherwise."""
-    if not settings.soft_labels:
-        return torch.zeros_like(fn_count), torch.ones_like(fn_count)
-    spread = (1.0 - settings.positive_weight) / fn_count.clamp_min(1.0)
-    return spread, 1.0 - spread * fn_count
 
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
