@@ -98,6 +98,7 @@ class AdaptiveInfoNCE(nn.Module):
     k_sum: Tensor
     k_count: Tensor
     epochs_done: Tensor
+    calibrated: Tensor
 
     def __init__(
         self,
@@ -156,6 +157,7 @@ class AdaptiveInfoNCE(nn.Module):
         self.register_buffer("k_sum", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("k_count", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("epochs_done", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("calibrated", torch.tensor(False))
         self.last: Diagnostics | None = None
 
     @property
@@ -172,13 +174,9 @@ class AdaptiveInfoNCE(nn.Module):
         """Roll k̄_stat to the mean k_stat of the epoch just finished and count the epoch."""
         if self.update == "epoch" and int(self.k_count) > 0:
             self.k_bar.fill_(float(self.k_sum / self.k_count))
-        first_target = self.has_target and int(self.epochs_done) + 1 == max(self.warmup_epochs, 1)
         self.k_sum.zero_()
         self.k_count.zero_()
         self.epochs_done += 1
-        calibrate = getattr(self.threshold_net, "calibrate", None)
-        if first_target and callable(calibrate):
-            calibrate(float(self.k_bar))
 
     def _record_k_stat(self, k_stat: Tensor) -> None:
         if not self.training:
@@ -203,6 +201,14 @@ class AdaptiveInfoNCE(nn.Module):
             batch_k_stat = candidate_similarity_quantile(torch.cat([all1, all2]), self.quantile, self.max_pairs)
         self._record_k_stat(batch_k_stat)
 
+        warm = int(self.epochs_done) < self.warmup_epochs
+        calibrate = getattr(self.threshold_net, "calibrate", None)
+        if not warm and callable(calibrate) and not bool(self.calibrated):
+            # First use of the learned threshold: start it at k̄_stat (or, with no target yet, at
+            # this batch's k_stat) rather than at an arbitrary k of the untrained network.
+            calibrate(float(self.k_bar) if self.has_target else float(batch_k_stat))
+            self.calibrated.fill_(True)
+
         k_learn: Tensor | None = None
         if self.threshold_net is not None:
             if isinstance(self.threshold_net, ThresholdNet) and gather:
@@ -218,7 +224,6 @@ class AdaptiveInfoNCE(nn.Module):
         else:
             k = self.k_bar if self.has_target else None
 
-        warm = int(self.epochs_done) < self.warmup_epochs
         settings = self.settings
         if warm or k is None:
             settings = make_settings(

@@ -191,13 +191,12 @@ def test_ema_target() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# calibration of the ThresholdNet when the target first exists
+# calibration of the ThresholdNet at its first use
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("warmup", [0, 1])
-def test_end_of_warmup_calibrates_k_learn_to_k_bar(warmup: int) -> None:
-    loss_fn = AdaptiveInfoNCE(dim=D, warmup_epochs=warmup)
+def test_first_use_after_warmup_calibrates_k_learn_to_k_bar() -> None:
+    loss_fn = AdaptiveInfoNCE(dim=D, warmup_epochs=1)
     with_target(loss_fn, 3)
     z1, z2 = views()
     loss_fn(z1, z2)
@@ -208,9 +207,24 @@ def test_end_of_warmup_calibrates_k_learn_to_k_bar(warmup: int) -> None:
     )
 
 
+def test_without_target_first_use_calibrates_to_the_batch_k_stat() -> None:
+    """warmup_epochs=0: no k̄_stat in the first epoch, so k_learn starts at the batch's own k_stat
+    instead of the untrained network's k ≈ 0 (which would flag most candidates)."""
+    loss_fn = AdaptiveInfoNCE(dim=D, warmup_epochs=0)
+    z1, z2 = views()
+    loss_fn(z1, z2)
+    k_stat = float(loss_fn.last.k_stat)
+    assert not loss_fn.has_target
+    assert loss_fn.last.k_learn is not None
+    torch.testing.assert_close(
+        loss_fn.last.k_learn.double(), torch.full((6,), k_stat, dtype=torch.float64), atol=0.02, rtol=0
+    )
+
+
 def test_calibration_happens_once() -> None:
     loss_fn = AdaptiveInfoNCE(dim=D, warmup_epochs=1)
     with_target(loss_fn)
+    loss_fn(*views())  # the first use of k_learn calibrates it
     net = loss_fn.threshold_net
     with torch.no_grad():
         net.head.bias.fill_(0.123)  # as if training had moved it

@@ -1,0 +1,149 @@
+"""Smoke tests of the DuoRec example's command line (examples/duorec/train.py): a few steps on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+for module in ("tqdm", "matplotlib"):
+    pytest.importorskip(module, reason=f"the DuoRec example needs {module}: pip install -e '.[examples]'")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "duorec"
+sys.path.insert(0, str(EXAMPLE))
+
+import train  # noqa: E402
+
+TINY = ["--synthetic-users", "300", "--batch-size", "32", "--max-steps", "3", "--quiet", "--device", "cpu"]
+METRICS = {f"{m}@{k}" for m in ("NDCG", "MRR", "Recall") for k in (5, 10, 20)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny batches gain nothing from threads, and spinning OpenMP threads are slow on a busy CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(tmp_path: Path, *extra: str) -> dict:
+    return train.main([*TINY, "--out", str(tmp_path), *extra])
+
+
+def test_adaptive_training_writes_results_plots_and_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run(tmp_path, "--epochs", "2")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["loss"] == "adaptive" and saved["config"]["contrast"] == "us_x"
+    assert saved["config"]["similarity"] == "cos"
+    assert set(saved["dataset"]) == {"users", "items", "interactions"}
+    assert len(saved["history"]) == 2
+    assert METRICS <= set(saved["test"]) and METRICS <= set(saved["valid"])
+    assert {"uni100/NDCG@10", "pop100/NDCG@10"} <= set(saved["test"])
+    assert saved["test"] == results["test"]
+    first, second = saved["history"]
+    # Epoch 1 is the warm-up (plain InfoNCE while k_stat is collected); epoch 2 uses the learned thresholds.
+    assert first["train"]["k_stat"] is not None and "fn_precision" not in first["train"]
+    for key in ("k_learn", "k_stat", "k_bar", "fn_precision", "fn_recall", "fn_base_rate"):
+        assert key in second["train"], key
+    assert 0.0 <= second["train"]["fn_recall"] <= 1.0
+    for key in ("hist_edges", "hist_counts", "alignment", "uniformity", "k_stat"):
+        assert key in second["probe"], key
+    assert len(second["probe"]["hist_edges"]) == len(second["probe"]["hist_counts"]) + 1
+    for name in (
+        "training.png",
+        "thresholds.png",
+        "similarities.png",
+        "alignment_uniformity.png",
+        "false_negatives.png",
+    ):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    out = capsys.readouterr().out
+    assert "NDCG@10" in out and "uni100" in out
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
+    straight = run(tmp_path / "straight", "--epochs", "2", "--loss", "duorec")
+    run(tmp_path / "split", "--epochs", "1", "--loss", "duorec")
+    resumed = run(tmp_path / "split", "--epochs", "2", "--loss", "duorec", "--resume")
+    assert len(resumed["history"]) == 2
+    assert resumed["history"][1]["train"]["loss"] == pytest.approx(straight["history"][1]["train"]["loss"], rel=1e-5)
+    assert resumed["test"]["NDCG@10"] == pytest.approx(straight["test"]["NDCG@10"], rel=1e-4)
+    state = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    assert state["epoch"] == 2 and state["loss_fn"]["epochs_done"] == 2
+
+
+def test_resume_refuses_different_settings(tmp_path: Path) -> None:
+    run(tmp_path, "--epochs", "1", "--loss", "duorec")
+    with pytest.raises(SystemExit, match="different settings"):
+        run(tmp_path, "--epochs", "2", "--loss", "duorec", "--lmd", "0.5", "--resume")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--loss", "none"),
+        ("--loss", "duorec", "--contrast", "un"),
+        (
+            "--loss",
+            "adaptive",
+            "--contrast",
+            "su",
+            "--false-negatives",
+            "drop",
+            "--mask",
+            "soft",
+            "--warmup-epochs",
+            "0",
+        ),
+        (
+            "--loss",
+            "adaptive",
+            "--threshold-arch",
+            "flat",
+            "--false-negatives",
+            "relabel",
+            "--similarity",
+            "dot",
+            "--warmup-epochs",
+            "0",
+            "--no-bucketing",
+        ),
+    ],
+)
+def test_every_loss_and_view_runs(tmp_path: Path, extra: tuple[str, ...]) -> None:
+    results = run(tmp_path, "--epochs", "1", *extra)
+    assert results["config"]["loss"] == extra[1]
+    assert all(0.0 <= results["test"][m] <= 1.0 for m in METRICS)
+    assert torch.isfinite(torch.tensor(results["history"][0]["train"]["loss"]))
+
+
+def test_stats_only_prints_json_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stats = train.main(["--synthetic-users", "300", "--stats-only", "--out", str(tmp_path / "run")])
+    printed = json.loads(capsys.readouterr().out.strip())
+    assert printed == stats and set(printed) == {"users", "items", "interactions"}
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_and_offline_download_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    import data
+
+    monkeypatch.setenv("ADAPTIVE_CONTRASTIVE_DATA", str(tmp_path))
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    with pytest.raises(SystemExit, match="could not download ml-1m"):
+        train.main(["--dataset", "ml-1m", "--download", "--stats-only"])
+    with pytest.raises(SystemExit, match="no ml-1m file found"):
+        train.main(["--dataset", "ml-1m", "--data-path", str(tmp_path), "--stats-only"])
