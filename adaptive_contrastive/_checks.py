@@ -77,9 +77,7 @@ def check_embeddings(z1: object, z2: object, min_batch: int = 2) -> tuple[Tensor
     if z1.dtype != z2.dtype:
         raise TypeError(f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}")
     if z1.shape[0] < min_batch:
-        raise ValueError(
-            f"z1 and z2 need B >= {min_batch} rows (sequences) to have any negatives, got B={z1.shape[0]}"
-        )
+        raise ValueError(f"z1 and z2 need B >= {min_batch} rows (sequences) to have any negatives, got B={z1.shape[0]}")
     if z1.shape[1] < 1:
         raise ValueError("z1 and z2 need at least one feature column (D >= 1)")
     for name, z in (("z1", z1), ("z2", z2)):

@@ -249,7 +249,14 @@ def test_low_precision_inputs(
     partner, self_index = single_process_layout(n, device)
     thr = thresholds_for(n, device)
     rows, counts, dq, dk, _ = assert_matches_reference(
-        z, z.flip(0), thr, partner, self_index, settings_for(mode, mask), atol=atol, rtol=rtol,
+        z,
+        z.flip(0),
+        thr,
+        partner,
+        self_index,
+        settings_for(mode, mask),
+        atol=atol,
+        rtol=rtol,
         ref_dtype=torch.float32,
     )
     assert rows.dtype == torch.float32  # accumulated and returned in float32
@@ -411,7 +418,14 @@ def test_gpu_low_precision(dtype: torch.dtype) -> None:
     thr = thresholds_in_gaps(z.float(), z.float(), 0.8)
     with ieee_matmuls():
         assert_matches_reference(
-            z, z, thr, partner, self_index, settings_for("attract", "hard", 0.1), atol=5e-2, rtol=5e-2,
+            z,
+            z,
+            thr,
+            partner,
+            self_index,
+            settings_for("attract", "hard", 0.1),
+            atol=5e-2,
+            rtol=5e-2,
             ref_dtype=torch.float32,
         )
 
