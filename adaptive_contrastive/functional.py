@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -89,36 +90,46 @@ def _score_rows(
     return masked_info_nce_rows(q, k, thresholds, partner, self_index, settings)
 
 
-def scored_rows(
-    u1: Tensor,
-    u2: Tensor,
-    thresholds: Tensor | None,
-    settings: LossSettings,
-    backend: str,
-    gather_distributed: bool = False,
-) -> tuple[Tensor, Tensor, int]:
-    """Row losses and false-negative counts of this process's rows of cat(u1, u2).
+@dataclass(frozen=True)
+class CandidateLayout:
+    """This process's rows of cat(z1, z2) and the columns they are scored against.
 
-    `u1`, `u2` are embedded rows (see `embed`), `thresholds` one per local row. Under
-    `gather_distributed`, the candidates are every rank's rows, in the layout of one process
-    holding cat(all z1, all z2). Returns (rows, counts, global N).
+    Under distributed gathering the columns are every rank's rows, laid out as one process
+    holding cat(all z1, all z2) would hold them; otherwise they are the local rows themselves.
     """
+
+    rows: Tensor  # (2b, D) cat(u1, u2) of this process
+    columns: Tensor  # (N, D) every candidate row, N = 2B over all ranks
+    partner: Tensor  # (2b,) column of each row's positive
+    self_index: Tensor  # (2b,) column of the row itself
+    batch: int  # B, sequences over all ranks
+
+    @property
+    def global_rows(self) -> int:
+        return 2 * self.batch
+
+
+def candidate_layout(u1: Tensor, u2: Tensor, gather_distributed: bool = False) -> CandidateLayout:
+    """Lay out embedded views `(b, D)` (see `embed`) for scoring; gathers across ranks if asked."""
     b = u1.shape[0]
-    device = u1.device
-    local = torch.cat([u1, u2])
+    rows = torch.cat([u1, u2])
     if gather_distributed and distributed.world_size() > 1:
         all1, offset = distributed.gather_rows(u1)
         all2, _ = distributed.gather_rows(u2)
         total = all1.shape[0]
-        candidates = torch.cat([all1, all2])
+        columns = torch.cat([all1, all2])
     else:
-        offset, total, candidates = 0, b, local
-    own = torch.arange(b, device=device) + offset
-    self_index = torch.cat([own, own + total])
-    partner = torch.cat([own + total, own])
-    thr = thresholds.to(local.dtype) if thresholds is not None and settings.uses_threshold else None
-    rows, counts = _score_rows(local, candidates, thr, partner, self_index, settings, backend)
-    return rows, counts, 2 * total
+        offset, total, columns = 0, b, rows
+    own = torch.arange(b, device=u1.device) + offset
+    return CandidateLayout(rows, columns, torch.cat([own + total, own]), torch.cat([own, own + total]), total)
+
+
+def scored_rows(
+    layout: CandidateLayout, thresholds: Tensor | None, settings: LossSettings, backend: str
+) -> tuple[Tensor, Tensor]:
+    """Row losses and false-negative counts of the layout's rows; `thresholds` one per row."""
+    thr = thresholds.to(layout.rows.dtype) if thresholds is not None and settings.uses_threshold else None
+    return _score_rows(layout.rows, layout.columns, thr, layout.partner, layout.self_index, settings, backend)
 
 
 def reduce_rows(rows: Tensor, reduction: str, global_rows: int, world: int = 1) -> Tensor:
@@ -226,7 +237,9 @@ def _rows_from_public(
         thresholds: Tensor | None = thresholds_per_row(threshold, z1.shape[0], embed(z1[:1], "dot"))
     else:
         thresholds = None
-    return scored_rows(embed(z1, similarity), embed(z2, similarity), thresholds, settings, resolved, gather_distributed)
+    layout = candidate_layout(embed(z1, similarity), embed(z2, similarity), gather_distributed)
+    rows, counts = scored_rows(layout, thresholds, settings, resolved)
+    return rows, counts, layout.global_rows
 
 
 def k_stat(

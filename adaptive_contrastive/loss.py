@@ -21,7 +21,7 @@ from ._checks import (
     thresholds_per_row,
 )
 from ._modes import REDUCTIONS, SIMILARITIES
-from .functional import embed, make_settings, reduce_rows, resolve_backend, scored_rows
+from .functional import candidate_layout, embed, make_settings, reduce_rows, resolve_backend, scored_rows
 from .threshold import DEFAULT_MAX_PAIRS, ThresholdNet, candidate_similarity_quantile
 
 UPDATES = ("epoch", "ema")
@@ -194,11 +194,9 @@ class AdaptiveInfoNCE(nn.Module):
         gather = world > 1
         z1, z2 = check_embeddings(z1, z2, min_batch=1 if gather else 2)
         backend = resolve_backend(self.backend, z1.device)
-        u1, u2 = embed(z1, self.similarity), embed(z2, self.similarity)
-        with torch.no_grad():
-            all1 = distributed.gather_rows(u1.detach())[0] if gather else u1.detach()
-            all2 = distributed.gather_rows(u2.detach())[0] if gather else u2.detach()
-            batch_k_stat = candidate_similarity_quantile(torch.cat([all1, all2]), self.quantile, self.max_pairs)
+        layout = candidate_layout(embed(z1, self.similarity), embed(z2, self.similarity), gather)
+        columns = layout.columns.detach()
+        batch_k_stat = candidate_similarity_quantile(columns, self.quantile, self.max_pairs)
         self._record_k_stat(batch_k_stat)
 
         warm = int(self.epochs_done) < self.warmup_epochs
@@ -212,8 +210,9 @@ class AdaptiveInfoNCE(nn.Module):
         k_learn: Tensor | None = None
         if self.threshold_net is not None:
             if isinstance(self.threshold_net, ThresholdNet) and gather:
-                # Batch statistics of every rank's rows, so that g sees what one process would.
-                k_learn = self.threshold_net(z1.detach(), distributed.gather_rows(z1.detach())[0])
+                # Batch statistics of every rank's first views (already gathered, and embedded,
+                # which g's own normalisation leaves unchanged), so g sees what one process would.
+                k_learn = self.threshold_net(z1.detach(), columns[: layout.batch])
             else:
                 k_learn = self.threshold_net(z1.detach())
             if k_learn.shape != (z1.shape[0],):
@@ -232,10 +231,11 @@ class AdaptiveInfoNCE(nn.Module):
         thresholds = None
         if settings.uses_threshold:
             assert k is not None
-            thresholds = thresholds_per_row(k, z1.shape[0], u1)
+            thresholds = thresholds_per_row(k, z1.shape[0], layout.rows)
             if settings.mask == "hard":
                 thresholds = thresholds.detach()
-        rows, counts, global_rows = scored_rows(u1, u2, thresholds, settings, backend, gather)
+        rows, counts = scored_rows(layout, thresholds, settings, backend)
+        global_rows = layout.global_rows
 
         loss_reg = torch.zeros((), dtype=rows.dtype, device=rows.device)
         if k_learn is not None and self.has_target and not warm:
