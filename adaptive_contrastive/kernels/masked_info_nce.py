@@ -213,6 +213,28 @@ def _fwd_kernel(
 
 
 @triton.jit
+def _load_row_terms(
+    THR, PARTNER, SELF, LSE, G, SPREAD, YP, CENTRE,
+    offs_m, row_ok,
+    BLOCK_M: tl.constexpr,
+    USES_THRESHOLD: tl.constexpr,
+):
+    """The per-row inputs of both backward kernels; g is 0 on padding rows, so they add nothing."""
+    partner = tl.load(PARTNER + offs_m, mask=row_ok, other=-1)
+    self_idx = tl.load(SELF + offs_m, mask=row_ok, other=-1)
+    if USES_THRESHOLD:
+        thr = tl.load(THR + offs_m, mask=row_ok, other=0.0).to(tl.float32)
+    else:
+        thr = tl.zeros([BLOCK_M], dtype=tl.float32)
+    lse = tl.load(LSE + offs_m, mask=row_ok, other=0.0)
+    g = tl.load(G + offs_m, mask=row_ok, other=0.0)
+    spread = tl.load(SPREAD + offs_m, mask=row_ok, other=0.0)
+    partner_label = tl.load(YP + offs_m, mask=row_ok, other=0.0)
+    centre = tl.load(CENTRE + offs_m, mask=row_ok, other=0.0)
+    return partner, self_idx, thr, lse, g, spread, partner_label, centre
+
+
+@triton.jit
 def _bwd_dq_kernel(
     Q, K, THR, PARTNER, SELF,
     LSE, G, SPREAD, YP, CENTRE,  # per-row float32: lse, upstream grad, σ_i, y_p, c_i
@@ -241,17 +263,9 @@ def _bwd_dq_kernel(
         mask=row_ok[:, None] & d_ok[None, :],
         other=0.0,
     )
-    partner = tl.load(PARTNER + offs_m, mask=row_ok, other=-1)
-    self_idx = tl.load(SELF + offs_m, mask=row_ok, other=-1)
-    if USES_THRESHOLD:
-        thr = tl.load(THR + offs_m, mask=row_ok, other=0.0).to(tl.float32)
-    else:
-        thr = tl.zeros([BLOCK_M], dtype=tl.float32)
-    lse = tl.load(LSE + offs_m, mask=row_ok, other=0.0)
-    g = tl.load(G + offs_m, mask=row_ok, other=0.0)  # 0 on padding rows: their tiles add nothing
-    spread = tl.load(SPREAD + offs_m, mask=row_ok, other=0.0)
-    partner_label = tl.load(YP + offs_m, mask=row_ok, other=0.0)
-    centre = tl.load(CENTRE + offs_m, mask=row_ok, other=0.0)
+    partner, self_idx, thr, lse, g, spread, partner_label, centre = _load_row_terms(
+        THR, PARTNER, SELF, LSE, G, SPREAD, YP, CENTRE, offs_m, row_ok, BLOCK_M, USES_THRESHOLD
+    )
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dthr = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -320,17 +334,9 @@ def _bwd_dk_kernel(
             mask=row_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
-        partner = tl.load(PARTNER + offs_m, mask=row_ok, other=-1)
-        self_idx = tl.load(SELF + offs_m, mask=row_ok, other=-1)
-        if USES_THRESHOLD:
-            thr = tl.load(THR + offs_m, mask=row_ok, other=0.0).to(tl.float32)
-        else:
-            thr = tl.zeros([BLOCK_M], dtype=tl.float32)
-        lse = tl.load(LSE + offs_m, mask=row_ok, other=0.0)
-        g = tl.load(G + offs_m, mask=row_ok, other=0.0)
-        spread = tl.load(SPREAD + offs_m, mask=row_ok, other=0.0)
-        partner_label = tl.load(YP + offs_m, mask=row_ok, other=0.0)
-        centre = tl.load(CENTRE + offs_m, mask=row_ok, other=0.0)
+        partner, self_idx, thr, lse, g, spread, partner_label, centre = _load_row_terms(
+            THR, PARTNER, SELF, LSE, G, SPREAD, YP, CENTRE, offs_m, row_ok, BLOCK_M, USES_THRESHOLD
+        )
         # Same orientation as the forward (rows × columns), so the recomputed scores match it.
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         logit, z, nu, phi, is_partner = _masked_tile(
