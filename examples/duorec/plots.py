@@ -104,8 +104,8 @@ def plot_similarities(history: list[dict[str, Any]], path: Path, title: str) -> 
         if k is not None:
             ax.axvline(k, color=color, linestyle="--", linewidth=1)
             drew_k = True
-    title = "negative similarities (paper Fig. 2)" + ("; dashed: mean k_learn" if drew_k else "")
-    ax.set(xlabel="similarity of candidate (negative) pairs", ylabel="density", title=title)
+    heading = "negative similarities (paper Fig. 2)" + ("; dashed: mean k_learn" if drew_k else "")
+    ax.set(xlabel="similarity of candidate (negative) pairs", ylabel="density", title=heading)
     ax.legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)

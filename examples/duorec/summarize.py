@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Tables of finished runs: test metrics as mean ± std over seeds, one row per configuration.
+
+    python examples/duorec/summarize.py examples/duorec/results/beauty          # markdown, test split
+    python examples/duorec/summarize.py runs --split valid --metrics NDCG@10 Recall@10
+
+Every ``results.json`` under the given folders is read. Runs are grouped by their whole
+configuration except the seed and the output folder, so two budgets (``--epochs``) or two similarities
+never share a row; runs still in progress are listed below the table, not averaged. The published
+numbers the issue asks to stand beside ours are added as their own rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRICS = ("NDCG@5", "NDCG@10", "MRR@5", "MRR@10", "Recall@5", "Recall@10")
+# Arguments that never change what a run measures: the seed is what rows average over, the rest is
+# bookkeeping. Everything else (including the epoch budget) splits rows.
+NOT_CONFIGURATION = {
+    "seed", "out", "resume", "quiet", "threads", "device", "data_path", "download", "stats_only",
+}  # fmt: skip
+LOSS_ORDER = {"none": 0, "duorec": 1, "adaptive": 2}
+# Full-ranking test NDCG@10 published for these datasets (the papers report no MRR).
+PUBLISHED: dict[str, list[tuple[str, dict[str, float]]]] = {
+    "beauty": [
+        ("DuoRec, as reported by the AdaptiveRec paper", {"NDCG@10": 0.0421}),
+        ("AdaptiveRec, as reported by the AdaptiveRec paper", {"NDCG@10": 0.0427}),
+        ("DuoRec, as reported by the DuoRec paper", {"NDCG@10": 0.0443}),
+    ],
+    "ml-1m": [
+        ("DuoRec, as reported by the AdaptiveRec paper", {"NDCG@10": 0.1348}),
+        ("AdaptiveRec, as reported by the AdaptiveRec paper", {"NDCG@10": 0.1411}),
+    ],
+}
+
+
+@dataclass
+class Group:
+    """Finished runs that share a configuration."""
+
+    config: dict[str, Any]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(run["config"]["seed"] for run in self.runs)
+
+    def values(self, metric: str, split: str = "test") -> list[float]:
+        return [run[split][metric] for run in self.runs if metric in run.get(split, {})]
+
+
+def load_runs(folders: list[Path]) -> list[dict[str, Any]]:
+    """Every ``results.json`` under `folders` (or the files themselves), with ``path`` added."""
+    runs = []
+    for folder in folders:
+        files = [folder] if folder.is_file() else sorted(folder.rglob("results.json"))
+        for path in files:
+            run = json.loads(path.read_text())
+            run["path"] = str(path)
+            runs.append(run)
+    return runs
+
+
+def configuration(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """What a run measures: its settings without the seed and bookkeeping, and without the settings
+    its loss ignores (the ThresholdNet's for DuoRec, all contrastive ones for SASRec)."""
+    ignored = set(NOT_CONFIGURATION)
+    if config["loss"] != "adaptive":
+        ignored |= {"false_negatives", "mask", "threshold_arch", "warmup_epochs"}
+    if config["loss"] == "none":
+        ignored |= {"contrast", "similarity", "temperature", "lmd"}
+    return tuple(sorted((k, v) for k, v in config.items() if k not in ignored))
+
+
+def label(config: dict[str, Any]) -> str:
+    """A row name that says what differs: the model, then the loss settings, then the budget."""
+    if config["loss"] == "none":
+        name = "SASRec"
+    elif config["loss"] == "duorec":
+        name = f"DuoRec ({config['contrast']}, {config['similarity']})"
+    else:
+        parts = [config["false_negatives"], config["mask"], config["threshold_arch"], config["similarity"]]
+        name = f"AdaptiveRec ({config['contrast']}, {', '.join(parts)})"
+    return f"{name}, ≤{config['epochs']} epochs"
+
+
+def group_runs(runs: list[dict[str, Any]]) -> tuple[list[Group], list[dict[str, Any]]]:
+    """Finished runs grouped by configuration (SASRec, DuoRec, AdaptiveRec, then by label), and the
+    runs still in progress."""
+    groups: dict[tuple[tuple[str, Any], ...], Group] = {}
+    unfinished = []
+    for run in runs:
+        if "test" not in run:
+            unfinished.append(run)
+            continue
+        key = configuration(run["config"])
+        groups.setdefault(key, Group(run["config"])).runs.append(run)
+    ordered = sorted(groups.values(), key=lambda g: (LOSS_ORDER.get(g.config["loss"], 9), label(g.config)))
+    return ordered, unfinished
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def markdown(
+    groups: list[Group], metrics: tuple[str, ...] = METRICS, split: str = "test", published: bool = True
+) -> str:
+    """One row per configuration: seeds, each metric as mean ± std, best epochs and seconds per epoch;
+    then, with `published`, the papers' numbers for the datasets in the table."""
+    head = ["configuration", "seeds", *metrics, "best epoch", "s / epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group in groups:
+        epochs = ", ".join(str(run["best_epoch"]) for run in sorted(group.runs, key=lambda r: r["config"]["seed"]))
+        times = [run["epoch_time_s"] for run in group.runs if run.get("epoch_time_s")]
+        row = [
+            label(group.config),
+            ", ".join(map(str, group.seeds)),
+            *(cell(group.values(m, split)) for m in metrics),
+            epochs,
+            f"{sum(times) / len(times):.0f}" if times else "–",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    datasets = {group.config["dataset"] for group in groups} if published else set()
+    for dataset in sorted(datasets):
+        for name, numbers in PUBLISHED.get(dataset, []):
+            row = [f"*{name}*", "–", *(f"*{numbers[m]:.4f}*" if m in numbers else "–" for m in metrics), "–", "–"]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="+", type=Path, help="folders holding run folders (or results.json files)")
+    p.add_argument("--split", choices=("test", "valid"), default="test")
+    p.add_argument("--metrics", nargs="+", default=list(METRICS))
+    p.add_argument("--no-published", action="store_true", help="leave out the papers' numbers")
+    args = p.parse_args(argv)
+    missing = [str(f) for f in args.folders if not f.exists()]
+    if missing:
+        raise SystemExit(f"error: no such folder: {', '.join(missing)}")
+    groups, unfinished = group_runs(load_runs(args.folders))
+    text = markdown(groups, tuple(args.metrics), args.split, published=not args.no_published)
+    if unfinished:
+        text += "\n\nIn progress (not in the table): " + ", ".join(
+            f"{run['path']} (epoch {run['epochs_done']})" for run in unfinished
+        )
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
