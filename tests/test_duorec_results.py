@@ -30,7 +30,9 @@ def fake_run(folder: Path, seed: int, ndcg: float, **config: object) -> None:
     base.update(config)
     metrics = {m: ndcg for m in summarize.METRICS}
     folder.mkdir(parents=True)
+    history = [{"epoch": e, "valid": {"NDCG@10": ndcg * e / 10}} for e in range(1, 11)]
     results = {"config": base, "best_epoch": 7, "epoch_time_s": 150.0, "epochs_done": 10, "test": metrics}
+    results["history"] = history
     (folder / "results.json").write_text(json.dumps(results))
 
 
@@ -68,7 +70,8 @@ def test_summary_lists_runs_in_progress_apart(tmp_path: Path, capsys: pytest.Cap
     going = json.loads((tmp_path / "going" / "results.json").read_text())
     del going["test"]
     (tmp_path / "going" / "results.json").write_text(json.dumps(going))
-    text = summarize.main([str(tmp_path)])
+    text = summarize.main([str(tmp_path), "--plot", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 0
     assert "0.0400 |" in text and "0.0500" not in text.split("In progress")[0]
     assert "In progress" in text and "going" in text
     with pytest.raises(SystemExit, match="no such folder"):

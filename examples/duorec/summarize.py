@@ -147,18 +147,44 @@ def markdown(
     return "\n".join(lines)
 
 
+def plot_curves(groups: list[Group], path: Path, metric: str = "NDCG@10") -> Path:
+    """Validation `metric` per epoch of every run, one colour per configuration (seeds share it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    colors = plt.cm.tab10.colors
+    for index, group in enumerate(groups):
+        for n, run in enumerate(sorted(group.runs, key=lambda r: r["config"]["seed"])):
+            epochs = [h["epoch"] for h in run["history"]]
+            values = [h["valid"][metric] for h in run["history"]]
+            name = f"{label(group.config)} ({len(group.runs)} seed{'s' * (len(group.runs) > 1)})"
+            ax.plot(epochs, values, color=colors[index % 10], marker=".", alpha=0.8, label=None if n else name)
+    ax.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"validation {metric} per epoch")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", type=Path, help="folders holding run folders (or results.json files)")
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--metrics", nargs="+", default=list(METRICS))
     p.add_argument("--no-published", action="store_true", help="leave out the papers' numbers")
+    p.add_argument("--plot", type=Path, default=None, help="also draw every run's validation NDCG@10 per epoch here")
     args = p.parse_args(argv)
     missing = [str(f) for f in args.folders if not f.exists()]
     if missing:
         raise SystemExit(f"error: no such folder: {', '.join(missing)}")
     groups, unfinished = group_runs(load_runs(args.folders))
     text = markdown(groups, tuple(args.metrics), args.split, published=not args.no_published)
+    if args.plot is not None:
+        plot_curves(groups, args.plot)
     if unfinished:
         text += "\n\nIn progress (not in the table): " + ", ".join(
             f"{run['path']} (epoch {run['epochs_done']})" for run in unfinished

@@ -19,6 +19,9 @@ for s in $SEEDS; do
   train --loss none                                   --seed "$s" --epochs 10 --out "runs/beauty/sasrec-$s"
   train --loss duorec   --contrast us_x               --seed "$s" --epochs 10 --out "runs/beauty/duorec-$s"
   train --loss adaptive --contrast us_x               --seed "$s" --epochs 10 --out "runs/beauty/adaptive-$s"
+  # Controls: each loss with the other one's similarity (DuoRec's default is dot, AdaptiveRec's cos).
+  train --loss duorec   --contrast us_x --similarity cos --seed "$s" --epochs 10 --out "runs/beauty/duorec-cos-$s"
+  train --loss adaptive --contrast us_x --similarity dot --seed "$s" --epochs 10 --out "runs/beauty/adaptive-dot-$s"
 done
 
 # Ablation, one seed, 6 epochs: the main runs' three configurations at this budget, DuoRec with the
@@ -42,6 +45,6 @@ done
 gap() { python examples/duorec/compare.py "runs/beauty/$1" "runs/beauty/$2" --json "$HERE/gaps/$1-vs-$2.json"; }
 gap adaptive-0 duorec-0
 gap adaptive-0 sasrec-0
-gap e6-dot-0 e6-duorec-0
-gap e6-adaptive-0 e6-duorec-cos-0
+gap adaptive-0 duorec-cos-0
+gap adaptive-dot-0 duorec-0
 python examples/duorec/summarize.py "$HERE"
