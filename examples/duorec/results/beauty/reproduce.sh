@@ -38,6 +38,7 @@ train --loss adaptive $A --threshold-arch flat                        --out runs
 train --loss adaptive $A --similarity dot                             --out runs/beauty/e6-dot-0
 
 for run in runs/beauty/*/; do
+  [ -f "$run/results.json" ] || continue
   name=$(basename "$run")
   mkdir -p "$HERE/$name" && cp "$run/results.json" "$HERE/$name/"
 done
