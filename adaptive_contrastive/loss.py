@@ -7,6 +7,7 @@ counter. The math lives in `functional`.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -124,6 +125,15 @@ class AdaptiveInfoNCE(nn.Module):
         super().__init__()
         self.settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        if self.similarity == "dot" and self.settings.false_negatives == "attract":
+            warnings.warn(
+                "false_negatives='attract' with similarity='dot' is unbounded below: suspected false negatives "
+                "leave the softmax denominator but are rewarded for a larger s_ij, and a dot product grows with "
+                "the embeddings' norms (on Amazon Beauty the loss diverged within 4 epochs). Use "
+                "similarity='cos', or false_negatives='relabel' (they stay in the denominator) or 'drop'.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.quantile = check_unit_open("quantile", quantile)
         self.reg_weight = check_non_negative("reg_weight", reg_weight)
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:

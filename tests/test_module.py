@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -552,3 +553,34 @@ def test_state_dict_round_trip_resumes_exactly(mask: str) -> None:
     assert resumed == reference
     assert float(loss_fn2.k_bar) == reference_k_bar
     assert loss_fn2.last.mode == "attract"
+
+
+def test_attract_with_dot_similarity_warns_that_it_is_unbounded() -> None:
+    with pytest.warns(UserWarning, match="unbounded below"):
+        AdaptiveInfoNCE(8, similarity="dot", false_negatives="attract")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for similarity, mode in [("cos", "attract"), ("dot", "relabel"), ("dot", "drop"), ("dot", "keep")]:
+            AdaptiveInfoNCE(8, similarity=similarity, false_negatives=mode)
+
+
+def test_attract_with_dot_similarity_is_unbounded_below() -> None:
+    """Why it warns: growing a flagged false negative's embedding drives the row's attract loss to -inf
+    (the candidate left the denominator but stays a weighted positive); relabel and drop stay bounded below."""
+    torch.manual_seed(0)
+    z1 = torch.randn(8, 4, dtype=torch.float64)
+    z2 = z1 + 0.1 * torch.randn_like(z1)
+    z1[1], z2[1] = z1[0], z2[0]  # sequence 1 repeats sequence 0: a false negative of row 0
+    threshold = 0.9 * float(z1[0] @ z2[0])
+    row0: dict[str, list[float]] = {}
+    for mode in ("attract", "relabel", "drop"):
+        row0[mode] = []
+        for scale in (1.0, 4.0, 16.0, 64.0):
+            a, b = z1.clone(), z2.clone()
+            a[1] *= scale
+            b[1] *= scale
+            rows = adaptive_info_nce(a, b, threshold, similarity="dot", false_negatives=mode, reduction="none")
+            row0[mode].append(float(rows[0]))
+    attract = row0["attract"]
+    assert all(later < earlier for earlier, later in zip(attract[:-1], attract[1:], strict=True)) and attract[-1] < -100
+    assert min(row0["relabel"]) >= 0 and min(row0["drop"]) >= 0
