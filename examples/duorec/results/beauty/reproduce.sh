@@ -19,8 +19,6 @@ for s in $SEEDS; do
   train --loss none                                   --seed "$s" --epochs 10 --out "runs/beauty/sasrec-$s"
   train --loss duorec   --contrast us_x               --seed "$s" --epochs 10 --out "runs/beauty/duorec-$s"
   train --loss adaptive --contrast us_x               --seed "$s" --epochs 10 --out "runs/beauty/adaptive-$s"
-  # Control: DuoRec with AdaptiveRec's cosine similarity (DuoRec's own default is dot).
-  train --loss duorec   --contrast us_x --similarity cos --seed "$s" --epochs 10 --out "runs/beauty/duorec-cos-$s"
 done
 
 # Ablation, one seed, 6 epochs: the main runs' three configurations at this budget, DuoRec with the
@@ -47,6 +45,6 @@ done
 gap() { python examples/duorec/compare.py "runs/beauty/$1" "runs/beauty/$2" --json "$HERE/gaps/$1-vs-$2.json"; }
 gap adaptive-0 duorec-0
 gap adaptive-0 sasrec-0
-gap adaptive-0 duorec-cos-0
+gap e6-adaptive-0 e6-duorec-cos-0
 gap e6-relabel-dot-0 e6-duorec-0
 python examples/duorec/summarize.py "$HERE"
