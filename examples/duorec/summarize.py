@@ -126,7 +126,8 @@ def markdown(
 ) -> str:
     """One row per configuration: seeds, each metric as mean ± std, best epochs and seconds per epoch;
     then, with `published`, the papers' numbers for the datasets in the table."""
-    head = ["configuration", "seeds", *metrics, "best epoch", "s / epoch"]
+    selection = "valid NDCG@10"  # what chose the best epoch, beside the test numbers
+    head = ["configuration", "seeds", *metrics, selection, "best epoch", "s / epoch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group in groups:
         epochs = ", ".join(str(run["best_epoch"]) for run in sorted(group.runs, key=lambda r: r["config"]["seed"]))
@@ -135,6 +136,7 @@ def markdown(
             label(group.config),
             ", ".join(map(str, group.seeds)),
             *(cell(group.values(m, split)) for m in metrics),
+            cell(group.values("NDCG@10", "valid")),
             epochs,
             f"{sum(times) / len(times):.0f}" if times else "–",
         ]
@@ -142,7 +144,8 @@ def markdown(
     datasets = {group.config["dataset"] for group in groups} if published else set()
     for dataset in sorted(datasets):
         for name, numbers in PUBLISHED.get(dataset, []):
-            row = [f"*{name}*", "–", *(f"*{numbers[m]:.4f}*" if m in numbers else "–" for m in metrics), "–", "–"]
+            row = [f"*{name}*", "–", *(f"*{numbers[m]:.4f}*" if m in numbers else "–" for m in metrics)]
+            row += ["–"] * 3
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
