@@ -157,7 +157,7 @@ def plot_curves(groups: list[Group], path: Path, metric: str = "NDCG@10") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(11, 4.2))
     colors = plt.cm.tab10.colors
     for index, group in enumerate(groups):
         for n, run in enumerate(sorted(group.runs, key=lambda r: r["config"]["seed"])):
@@ -166,7 +166,7 @@ def plot_curves(groups: list[Group], path: Path, metric: str = "NDCG@10") -> Pat
             name = f"{label(group.config)} ({len(group.runs)} seed{'s' * (len(group.runs) > 1)})"
             ax.plot(epochs, values, color=colors[index % 10], marker=".", alpha=0.8, label=None if n else name)
     ax.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"validation {metric} per epoch")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, never over them
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
