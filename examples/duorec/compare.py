@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 # isort: split
 import data as datasets  # noqa: E402
-from evaluate import EvalSet, score_ranks  # noqa: E402
+from evaluate import EvalSet, score_ranks, user_values  # noqa: E402
 from model import DuoRec  # noqa: E402
 
 METRICS = ("NDCG@10", "Recall@10", "MRR@10")
@@ -35,10 +35,7 @@ METRICS = ("NDCG@10", "Recall@10", "MRR@10")
 def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
     """Each user's value of `metric` (``NDCG@k``, ``Recall@k`` or ``MRR@k``) from 0-based ranks."""
     name, k = metric.split("@")
-    ranks = ranks.astype(np.float64)
-    hit = ranks < int(k)
-    value = {"NDCG": 1.0 / np.log2(ranks + 2.0), "MRR": 1.0 / (ranks + 1.0), "Recall": np.ones_like(ranks)}[name]
-    return np.where(hit, value, 0.0)
+    return user_values(torch.as_tensor(ranks), name, int(k)).numpy()
 
 
 def run_ranks(run: Path, split: str, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:

@@ -57,14 +57,17 @@ def ranking_metrics(ranks: Tensor, ks: tuple[int, ...] = KS) -> dict[str, float]
         >>> m["Recall@1"], m["MRR@1"], m["NDCG@1"]
         (0.5, 0.5, 0.5)
     """
+    return {f"{name}@{k}": float(user_values(ranks, name, k).mean()) for k in ks for name in ("NDCG", "MRR", "Recall")}
+
+
+def user_values(ranks: Tensor, name: str, k: int) -> Tensor:
+    """Each user's ``NDCG``, ``MRR`` or ``Recall`` at `k` from 0-based ranks (float64), before averaging."""
     ranks = ranks.double()
-    out: dict[str, float] = {}
-    for k in ks:
-        hit = ranks < k
-        out[f"NDCG@{k}"] = float(torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean())
-        out[f"MRR@{k}"] = float(torch.where(hit, 1.0 / (ranks + 1.0), 0.0).mean())
-        out[f"Recall@{k}"] = float(hit.double().mean())
-    return out
+    hit = ranks < k
+    value = {"NDCG": lambda: 1.0 / torch.log2(ranks + 2.0), "MRR": lambda: 1.0 / (ranks + 1.0)}.get(name)
+    if value is None and name != "Recall":
+        raise ValueError(f"metric must be NDCG, MRR or Recall, got {name!r}")
+    return hit.double() if value is None else torch.where(hit, value(), 0.0)
 
 
 def _first_distinct(draws: np.ndarray, targets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
