@@ -12,6 +12,7 @@ seeds, which only more seeds measure.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -38,10 +39,16 @@ def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
     return user_values(torch.as_tensor(ranks), name, int(k)).numpy()
 
 
+@functools.lru_cache(maxsize=2)
+def _load(dataset: str, data_path: str | None, n_users: int) -> datasets.SequenceData:
+    """Two runs on the same data read and filter it once."""
+    return datasets.load_dataset(dataset, data_path, n_users=n_users)
+
+
 def run_ranks(run: Path, split: str, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:
     """The run's configuration and the full-ranking 0-based ranks of its best checkpoint on `split`."""
     config = json.loads((run / "results.json").read_text())["config"]
-    data = datasets.load_dataset(config["dataset"], config["data_path"], n_users=config["synthetic_users"])
+    data = _load(config["dataset"], config["data_path"], config["synthetic_users"])
     samples = datasets.eval_samples(data, split, config["max_len"])
     eval_set = EvalSet(samples, negatives={})  # full ranking only
     model = DuoRec(data.n_items, max_len=config["max_len"]).to(device)
