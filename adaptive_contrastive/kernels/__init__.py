@@ -5,6 +5,20 @@ Under ``TRITON_INTERPRET=1`` (set before this package is first imported) the ker
 CPU tensors, slowly: that is how the tests check them without a GPU.
 """
 
-from .masked_info_nce import MAX_DIM, MaskedInfoNCETriton, triton_masked_info_nce_rows
+from .masked_info_nce import (
+    FP32_PRECISIONS,
+    MAX_DIM,
+    MaskedInfoNCETriton,
+    fp32_precision,
+    set_fp32_precision,
+    triton_masked_info_nce_rows,
+)
 
-__all__ = ["MAX_DIM", "MaskedInfoNCETriton", "triton_masked_info_nce_rows"]
+__all__ = [
+    "FP32_PRECISIONS",
+    "MAX_DIM",
+    "MaskedInfoNCETriton",
+    "fp32_precision",
+    "set_fp32_precision",
+    "triton_masked_info_nce_rows",
+]

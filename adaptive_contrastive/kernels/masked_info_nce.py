@@ -1,13 +1,15 @@
-# Fused masked InfoNCE (SPEC §2–3) in the rows-against-columns form of `reference.py`.
+# Fused masked InfoNCE (SPEC §2–3, §8) in the rows-against-columns form of `reference.py`.
 #
 # Row i of Q is scored against every column j of K: s_j = q_i·k_j, l_j = s_j/τ. Column p = partner[i]
 # is the positive, column self_index[i] is left out, C(i) = the other columns (the candidates).
+# Known positives (labels): κ_j = [row_label_i >= 0 and row_label_i == column_label_j] on C(i).
 #
 # Forward, per row:
-#   ν_j = [s_j <= t_i] (hard)  or  σ((t_i - s_j)/β) (soft);   φ_j = 1 - ν_j on C(i), 0 elsewhere
+#   ν_j = [s_j <= t_i] (hard)  or  σ((t_i - s_j)/β) (soft);   φ_j = 1 - ν_j on C(i)
+#   with labels φ'_j = κ_j + (1 - κ_j) φ_j, ν'_j = 1 - φ'_j replace φ, ν (φ' = κ without a threshold)
 #   w_j = ν_j on C(i) for drop/attract, 1 for keep/relabel;  w_p = 1;  w_self = 0
-#   lse_i = log Σ_j w_j e^{l_j}                 online max and sum over column tiles (flash attention)
-#   F_i = Σ_C φ_j,   Φ_i = Σ_C φ_j l_j,   l_p = partner logit         (the other saved row statistics)
+#   lse_i = log(e^{l_p} + Σ_C w_j e^{l_j})     online max and sum over column tiles (flash attention)
+#   F_i = Σ_C φ_j,   Φ_i = Σ_C φ_j l_j,   l_p = partner logit          (the saved row statistics)
 #   σ_i = (1-α)/max(F_i, 1) for attract/relabel, 0 for keep/drop;   y_j = σ_i φ_j,   y_p = 1 - σ_i F_i
 #   ℓ_i = lse_i - y_p l_p - σ_i Φ_i
 #
@@ -17,470 +19,476 @@
 #   c_i = l_p + [F_i > 1] (Φ_i - F_i l_p)/F_i
 #   ∂ℓ_i/∂t_i = Σ_C D_j
 #   dQ = G K,  dK = Gᵀ Q,  dt = g ⊙ Σ_C D   with G_ij = g_i ∂ℓ_i/∂s_ij
-# (P_j φ_j is e^{l_j - lse} ν_j φ_j of the reference written without e^{l_j - lse} alone, which can
-# overflow where ν_j underflows.)
+#
+# How the kernels keep the tile loops short (each claim is checked in SASS by benchmarks/kernel_stats.py):
+# - The partner never enters a tile. Its logit l_p = q_i·k_p is an O(D) dot per row before the loop
+#   (full float32), it seeds the online softmax (m = l_p, sum = 1, so the running max is never -inf),
+#   and its gradient column (P_p - y_p)/τ is added outside the kernels, O(N·D).
+# - Only the few column tiles that can hold a row's self or partner column, and the last partial tile,
+#   run the compares against self/partner/bounds ("special" tiles, their own loop); every other tile
+#   runs the mask arithmetic alone, on unmasked loads.
+# - Logits live in log2 units (log2(e)/τ folded into one scale), so every exponential is one exp2.
+#   The soft mask's weight ν e^{l} is 2^{l log2 e + min(a, 0)} · r with a = (t - s) log2(e)/β,
+#   r = 1/(1 + 2^{-|a|}): exp2 and one reciprocal, no logarithm, and never inf·0.
+# - float32 inputs run on tensor cores as 3xTF32 by default: each operand is split on the host into
+#   a TF32 head and a float32 remainder, and a·b ≈ a_hi·b_lo + a_lo·b_hi + a_hi·b_hi (error ~2^-21 of
+#   |a||b| against 2^-11 for one TF32 product). "tf32" and "ieee" are options (set_fp32_precision).
+# - bfloat16/float16 stay 16-bit in the kernels and accumulate in float32. The gradient tile is cast
+#   to the input dtype for its tensor-core product *without* the upstream g_i/max|g| factor... see
+#   `_gradient_scaling`: float16 tiles are scaled by a power of two that keeps them in float16's
+#   normal range, and the float32 accumulators are scaled back.
 #
 # Kernels: `_fwd_kernel` (one program per BLOCK_M rows, loops over column tiles, stores four floats
 # per row), `_bwd_dq_kernel` (same row tiling: dQ and dt) and `_bwd_dk_kernel` (one program per
-# BLOCK_N columns, loops over row tiles: dK). Both backward kernels recompute the score tiles, so
-# nothing of size Nq×Nk is ever stored, and each output tile is owned by one program: no atomics,
-# deterministic gradients.
-"""Triton kernels, launchers and the autograd Function of the fused masked InfoNCE."""
+# BLOCK_N columns, loops over row tiles, computes the transposed score tile so that dsᵀ feeds the
+# dK product from registers). Both backward kernels recompute the score tiles, so nothing of size
+# Nq×Nk is ever stored, and each output tile is owned by one program: no atomics, deterministic
+# gradients. A fused backward (one element-wise pass, dK by atomics) was evaluated and not kept:
+# see benchmarks/RESULTS.md.
+#
+# Rows wider than 256 features (128 for float32) are processed in BLOCK_D-wide chunks: the score
+# tile accumulates over chunks and each backward program owns one BLOCK_D-wide slice of its output.
+"""Launchers, tile plans and the autograd Function of the fused masked InfoNCE."""
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import triton
-import triton.language as tl
 from torch import Tensor
 
 from ..reference import LossSettings, label_centre, label_terms, row_loss
+from ._kernels import _bwd_dk_kernel, _bwd_dq_kernel, _fwd_kernel
 
-__all__ = ["MaskedInfoNCETriton", "triton_masked_info_nce_rows"]
+__all__ = [
+    "FP32_PRECISIONS",
+    "MAX_DIM",
+    "MaskedInfoNCETriton",
+    "fp32_precision",
+    "set_fp32_precision",
+    "triton_masked_info_nce_rows",
+]
 
-# Widest row the kernels hold in one tile: D is padded to the next power of two, at least 16
-# (the smallest tl.dot operand), and kept whole in registers/shared memory.
-MAX_DIM = 1024
-# Tile sizes used where no autotuning happens (the CPU interpreter): small, so that tests with a
-# few dozen rows still cross tile boundaries.
+# Widest row the kernels take; wider rows belong to the reference backend.
+MAX_DIM = 4096
+# How float32 inputs use the tensor cores (see `set_fp32_precision`).
+FP32_PRECISIONS = ("3xtf32", "tf32", "ieee")
+# Tile sizes under the CPU interpreter: small, so that tests with a few dozen rows cross tile
+# boundaries and hit the fast and the special tile loops alike.
 FIXED_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16}
 
-
-@triton.jit
-def _sigmoid(x):
-    # Through e^{-|x|} <= 1: never overflows, exact 0 and 1 at ±inf, full relative precision for x < 0.
-    e = tl.exp(-tl.abs(x))
-    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-@triton.jit
-def _log_sigmoid(x):
-    # min(x, 0) - log(1 + e^{-|x|}): no overflow for large |x|, -inf at x = -inf.
-    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
-
-
-@triton.jit
-def _masked_tile(
-    s,
-    thr,
-    partner,
-    self_idx,
-    offs_n,
-    Nk,
-    inv_tau,
-    inv_beta,
-    USES_THRESHOLD: tl.constexpr,
-    HARD_MASK: tl.constexpr,
-    MASKS_DENOM: tl.constexpr,
-):
-    """Logits l = s/τ, denominator logits z = l + log w (-inf where w = 0), ν, φ and the partner mask of a tile."""
-    logit = s * inv_tau
-    is_partner = offs_n[None, :] == partner[:, None]
-    # Candidates: real columns other than self and partner.
-    cand = (offs_n[None, :] < Nk) & (offs_n[None, :] != self_idx[:, None]) & ~is_partner
-    if USES_THRESHOLD:
-        if HARD_MASK:
-            below = s <= thr[:, None]
-            nu = tl.where(below, 1.0, 0.0)
-            phi = tl.where(cand & ~below, 1.0, 0.0)
-            in_denom = below
-            log_w = tl.zeros_like(logit)
-        else:
-            x = (thr[:, None] - s) * inv_beta
-            nu = _sigmoid(x)
-            # σ(-x) rather than 1 - σ(x): φ keeps its relative precision when it is tiny.
-            phi = tl.where(cand, _sigmoid(-x), 0.0)
-            in_denom = cand
-            log_w = _log_sigmoid(x)
-        if MASKS_DENOM:
-            z = tl.where(is_partner, logit, tl.where(cand & in_denom, logit + log_w, float("-inf")))
-        else:
-            z = tl.where(is_partner | cand, logit, float("-inf"))
-    else:
-        nu = tl.zeros_like(logit)
-        phi = tl.zeros_like(logit)
-        z = tl.where(is_partner | cand, logit, float("-inf"))
-    return logit, z, nu, phi, is_partner
-
-
-@triton.jit
-def _dscores(
-    logit,
-    z,
-    nu,
-    phi,
-    is_partner,
-    lse,
-    spread,
-    partner_label,
-    centre,
-    g,
-    inv_tau,
-    inv_beta,
-    USES_THRESHOLD: tl.constexpr,
-    HARD_MASK: tl.constexpr,
-    MASKS_DENOM: tl.constexpr,
-    SOFT_LABELS: tl.constexpr,
-):
-    """G = g ∂ℓ/∂s of a tile and the row sums Σ_C D_j (the threshold gradient before g)."""
-    p = tl.exp(z - lse[:, None])  # P_j = w_j e^{l_j - lse}; 0 where z = -inf
-    y = tl.where(is_partner, partner_label[:, None], spread[:, None] * phi)
-    ds = (p - y) * inv_tau
-    dthr = tl.zeros_like(lse)
-    if USES_THRESHOLD and not HARD_MASK:
-        dmask = tl.zeros_like(logit)
-        if MASKS_DENOM:
-            dmask += p * phi
-        if SOFT_LABELS:
-            dmask += spread[:, None] * (logit - centre[:, None]) * nu * phi
-        dmask = dmask * inv_beta
-        ds -= dmask
-        dthr = tl.sum(dmask, 1)
-    return ds * g[:, None], dthr
-
-
-@triton.jit
-def _fwd_kernel(
-    Q, K, THR, PARTNER, SELF,  # inputs
-    LSE, LP, FN, PHIL,  # outputs: lse_i, l_p, F_i, Φ_i (float32, one per row)
-    stride_qm, stride_qd, stride_kn, stride_kd,
-    Nq, Nk, D,
-    inv_tau, inv_beta,
-    N_BUCKET,  # autotune key only: a coarse log-size of Nk
-    USES_THRESHOLD: tl.constexpr,
-    HARD_MASK: tl.constexpr,
-    MASKS_DENOM: tl.constexpr,
-    SOFT_LABELS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    tl.static_assert(BLOCK_D >= 16, "tl.dot needs inner tiles of at least 16")
-    pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < Nq
-    d_ok = offs_d < D
-    # int64 offsets: Nq·stride overflows int32 from 2^31 elements on (e.g. 2^21 rows of D = 1024).
-    q = tl.load(
-        Q + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :].to(tl.int64) * stride_qd,
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )  # q stays in registers for the whole sweep over the columns
-    partner = tl.load(PARTNER + offs_m, mask=row_ok, other=-1)
-    self_idx = tl.load(SELF + offs_m, mask=row_ok, other=-1)
-    if USES_THRESHOLD:
-        thr = tl.load(THR + offs_m, mask=row_ok, other=0.0).to(tl.float32)
-    else:
-        thr = tl.zeros([BLOCK_M], dtype=tl.float32)
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of z
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running Σ e^{z - m_i}
-    lp = tl.zeros([BLOCK_M], dtype=tl.float32)
-    fn = tl.zeros([BLOCK_M], dtype=tl.float32)
-    phil = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, Nk, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(
-            K + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :].to(tl.int64) * stride_kd,
-            mask=(offs_n[:, None] < Nk) & d_ok[None, :],
-            other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # float32 accumulate
-        logit, z, nu, phi, is_partner = _masked_tile(
-            s, thr, partner, self_idx, offs_n, Nk, inv_tau, inv_beta, USES_THRESHOLD, HARD_MASK, MASKS_DENOM
-        )
-        m_new = tl.maximum(m_i, tl.max(z, 1))
-        # A row whose columns so far are all masked has m = -inf; shifting by 0 instead avoids inf - inf.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l_i = l_i * tl.exp(m_i - m_safe) + tl.sum(tl.exp(z - m_safe[:, None]), 1)
-        m_i = m_new
-        lp += tl.sum(tl.where(is_partner, logit, 0.0), 1)
-        if USES_THRESHOLD:
-            fn += tl.sum(phi, 1)
-            if SOFT_LABELS:
-                phil += tl.sum(phi * logit, 1)
-    # The partner is always in the denominator, so l_i >= e^{l_p - m_i} > 0 and lse is finite.
-    tl.store(LSE + offs_m, m_i + tl.log(l_i), mask=row_ok)
-    tl.store(LP + offs_m, lp, mask=row_ok)
-    tl.store(FN + offs_m, fn, mask=row_ok)
-    tl.store(PHIL + offs_m, phil, mask=row_ok)
-
-
-@triton.jit
-def _load_row_terms(
-    THR, PARTNER, SELF, LSE, G, SPREAD, YP, CENTRE,
-    offs_m, row_ok,
-    BLOCK_M: tl.constexpr,
-    USES_THRESHOLD: tl.constexpr,
-):
-    """The per-row inputs of both backward kernels; g is 0 on padding rows, so they add nothing."""
-    partner = tl.load(PARTNER + offs_m, mask=row_ok, other=-1)
-    self_idx = tl.load(SELF + offs_m, mask=row_ok, other=-1)
-    if USES_THRESHOLD:
-        thr = tl.load(THR + offs_m, mask=row_ok, other=0.0).to(tl.float32)
-    else:
-        thr = tl.zeros([BLOCK_M], dtype=tl.float32)
-    lse = tl.load(LSE + offs_m, mask=row_ok, other=0.0)
-    g = tl.load(G + offs_m, mask=row_ok, other=0.0)
-    spread = tl.load(SPREAD + offs_m, mask=row_ok, other=0.0)
-    partner_label = tl.load(YP + offs_m, mask=row_ok, other=0.0)
-    centre = tl.load(CENTRE + offs_m, mask=row_ok, other=0.0)
-    return partner, self_idx, thr, lse, g, spread, partner_label, centre
-
-
-@triton.jit
-def _bwd_dq_kernel(
-    Q, K, THR, PARTNER, SELF,
-    LSE, G, SPREAD, YP, CENTRE,  # per-row float32: lse, upstream grad, σ_i, y_p, c_i
-    DQ, DTHR,  # outputs: (Nq, D) float32 and (Nq,) float32
-    stride_qm, stride_qd, stride_kn, stride_kd, stride_dqm,
-    Nq, Nk, D,
-    inv_tau, inv_beta,
-    N_BUCKET,
-    USES_THRESHOLD: tl.constexpr,
-    HARD_MASK: tl.constexpr,
-    MASKS_DENOM: tl.constexpr,
-    SOFT_LABELS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    tl.static_assert(BLOCK_D >= 16, "tl.dot needs inner tiles of at least 16")
-    pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < Nq
-    d_ok = offs_d < D
-    q = tl.load(
-        Q + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :].to(tl.int64) * stride_qd,
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
-    partner, self_idx, thr, lse, g, spread, partner_label, centre = _load_row_terms(
-        THR, PARTNER, SELF, LSE, G, SPREAD, YP, CENTRE, offs_m, row_ok, BLOCK_M, USES_THRESHOLD
-    )
-
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dthr = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, Nk, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(
-            K + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :].to(tl.int64) * stride_kd,
-            mask=(offs_n[:, None] < Nk) & d_ok[None, :],
-            other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        logit, z, nu, phi, is_partner = _masked_tile(
-            s, thr, partner, self_idx, offs_n, Nk, inv_tau, inv_beta, USES_THRESHOLD, HARD_MASK, MASKS_DENOM
-        )
-        ds, dthr_tile = _dscores(
-            logit, z, nu, phi, is_partner, lse, spread, partner_label, centre, g, inv_tau, inv_beta,
-            USES_THRESHOLD, HARD_MASK, MASKS_DENOM, SOFT_LABELS,
-        )
-        # Padding columns have phi = 0 and z = -inf, so ds is already 0 there.
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-        dthr += dthr_tile
-    tl.store(
-        DQ + offs_m[:, None].to(tl.int64) * stride_dqm + offs_d[None, :],
-        dq,
-        mask=row_ok[:, None] & d_ok[None, :],
-    )
-    if USES_THRESHOLD and not HARD_MASK:
-        tl.store(DTHR + offs_m, dthr * g, mask=row_ok)
-
-
-@triton.jit
-def _bwd_dk_kernel(
-    Q, K, THR, PARTNER, SELF,
-    LSE, G, SPREAD, YP, CENTRE,
-    DK,  # output: (Nk, D) float32
-    stride_qm, stride_qd, stride_kn, stride_kd, stride_dkn,
-    Nq, Nk, D,
-    inv_tau, inv_beta,
-    N_BUCKET,
-    USES_THRESHOLD: tl.constexpr,
-    HARD_MASK: tl.constexpr,
-    MASKS_DENOM: tl.constexpr,
-    SOFT_LABELS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    tl.static_assert(BLOCK_D >= 16, "tl.dot needs inner tiles of at least 16")
-    pid = tl.program_id(0)
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    col_ok = offs_n < Nk
-    d_ok = offs_d < D
-    k = tl.load(
-        K + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :].to(tl.int64) * stride_kd,
-        mask=col_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )  # k stays in registers while the row tiles stream past
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for start_m in range(0, Nq, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < Nq
-        q = tl.load(
-            Q + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :].to(tl.int64) * stride_qd,
-            mask=row_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        partner, self_idx, thr, lse, g, spread, partner_label, centre = _load_row_terms(
-            THR, PARTNER, SELF, LSE, G, SPREAD, YP, CENTRE, offs_m, row_ok, BLOCK_M, USES_THRESHOLD
-        )
-        # Same orientation as the forward (rows × columns), so the recomputed scores match it.
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        logit, z, nu, phi, is_partner = _masked_tile(
-            s, thr, partner, self_idx, offs_n, Nk, inv_tau, inv_beta, USES_THRESHOLD, HARD_MASK, MASKS_DENOM
-        )
-        ds, _ = _dscores(
-            logit, z, nu, phi, is_partner, lse, spread, partner_label, centre, g, inv_tau, inv_beta,
-            USES_THRESHOLD, HARD_MASK, MASKS_DENOM, SOFT_LABELS,
-        )
-        # Padding rows have g = 0, so their ds rows are 0 and add nothing to dk.
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
-    tl.store(
-        DK + offs_n[:, None].to(tl.int64) * stride_dkn + offs_d[None, :],
-        dk,
-        mask=col_ok[:, None] & d_ok[None, :],
-    )
-
+LOG2E = math.log2(math.e)
+BIG_INDEX = 2**31 - 1  # "no row": above every row index
 
 # ---------------------------------------------------------------------------------------------
-# Tile sizes: autotuned on CUDA, FIXED_CONFIG under the interpreter.
-#
-# Set ADAPTIVE_CONTRASTIVE_AUTOTUNE=0 to skip tuning on CUDA and take `_default_config` (each new
-# combination of mode, D and dtype then compiles one config per kernel instead of several: useful
-# for test suites that sweep many of them).
-
-# A resident row tile (and its float32 gradient accumulator) holds at most this many elements:
-# 128×128 at D <= 128, down to 16×1024 at D = 1024 (16×16 tiles there).
-_RESIDENT_ELEMENTS = 128 * 128
+# float32 precision
 
 
-def _candidate_configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4 if bm * bn <= 4096 else 8, num_stages=stages)
-        for bm in (16, 32, 64, 128)
-        for bn in (16, 32, 64)
-        for stages in (1, 2)
-    ]
+_fp32_precision_choice: str | None = None
 
 
-def _fits(config: triton.Config, block_d: int) -> bool:
-    """Whether a config suits rows padded to `block_d`.
+def set_fp32_precision(precision: str | None) -> str | None:
+    """Choose how float32 inputs use the tensor cores on the Triton backend; returns the previous choice.
 
-    The resident tile (q rows in the forward and dq kernels, k rows in the dk kernel) and its
-    float32 accumulator live in registers, so max(BLOCK_M, BLOCK_N)·BLOCK_D is capped; below the
-    cap, only the larger row tiles are worth compiling (each config costs a compile per mode). The
-    streamed tile is double-buffered in shared memory up to D = 256 and single-buffered above.
+    ``"3xtf32"`` (the default): three TF32 products per tile, accuracy close to float32 (tested
+    against float64 at about 1e-6, norm-relative); ``"tf32"``: one TF32 product, about 3x faster
+    on the score products and about 1e-4 accurate; ``"ieee"``: float32 FMAs without tensor
+    cores, the slowest. ``None`` restores the default rule: the environment variable
+    ``ADAPTIVE_CONTRASTIVE_FP32_PRECISION`` if set, else ``"tf32"`` when
+    ``torch.backends.cuda.matmul.allow_tf32`` is on (the user accepted TF32 for matmuls), else
+    ``"3xtf32"``. bfloat16 and float16 inputs are not affected.
+
+    Raises:
+        ValueError: for any other value.
     """
-    bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
-    wants_stages = 2 if block_d <= 256 else 1
-    min_rows = min(64, _RESIDENT_ELEMENTS // block_d // 2)
-    min_cols = min(32, _RESIDENT_ELEMENTS // block_d)
-    return (
-        config.num_stages == wants_stages
-        and bm >= min_rows
-        and bn >= min_cols
-        and max(bm, bn) * block_d <= _RESIDENT_ELEMENTS
-    )
+    global _fp32_precision_choice
+    if precision is not None and precision not in FP32_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, FP32_PRECISIONS))} or None, got {precision!r}")
+    previous, _fp32_precision_choice = _fp32_precision_choice, precision
+    return previous
 
 
-def _prune(configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any) -> list[triton.Config]:
-    block_d = int({**named_args, **kwargs}["BLOCK_D"])
-    kept = [c for c in configs if _fits(c, block_d)]
-    # Every D <= MAX_DIM keeps at least one config; the smallest tiles are the last resort.
-    return kept or [_smallest_config(configs)]
-
-
-def _smallest_config(configs: list[triton.Config]) -> triton.Config:
-    return min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))
-
-
-def _default_config(block_d: int) -> triton.Config:
-    """The untuned choice: 64×64 tiles where they fit, the largest fitting tiles otherwise."""
-    kept = [c for c in _candidate_configs() if _fits(c, block_d)]
-    preferred = [c for c in kept if c.kwargs["BLOCK_M"] == 64 and c.kwargs["BLOCK_N"] == 64]
-    if preferred:
-        return preferred[0]
-    if not kept:
-        return _smallest_config(_candidate_configs())
-    return max(kept, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
-
-
-_TUNE_KEY = ["D", "N_BUCKET", "USES_THRESHOLD", "HARD_MASK", "MASKS_DENOM", "SOFT_LABELS", "DOT_PRECISION", "BLOCK_D"]
-
-
-def _tuned(kernel: Any) -> Any:
-    return triton.autotune(
-        configs=_candidate_configs(), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune}
-    )(kernel)
-
-
-_fwd_kernel_tuned = _tuned(_fwd_kernel)
-_bwd_dq_kernel_tuned = _tuned(_bwd_dq_kernel)
-_bwd_dk_kernel_tuned = _tuned(_bwd_dk_kernel)
-
-
-def _launch(kernel: Any, tuned: Any, on_cuda: bool, grid_dim: str, rows: int, *args: Any, **kwargs: Any) -> None:
-    """Run `kernel` over cdiv(rows, grid_dim) programs: autotuned on CUDA unless switched off,
-    with `_default_config` on CUDA without tuning, with FIXED_CONFIG under the interpreter."""
-    if on_cuda and os.environ.get("ADAPTIVE_CONTRASTIVE_AUTOTUNE", "1") != "0":
-        tuned[lambda meta: (triton.cdiv(rows, meta[grid_dim]),)](*args, **kwargs)
-        return
-    if on_cuda:
-        config = _default_config(kwargs["BLOCK_D"])
-        blocks, launch = config.kwargs, {"num_warps": config.num_warps, "num_stages": config.num_stages}
-    else:
-        blocks, launch = FIXED_CONFIG, {}
-    kernel[(triton.cdiv(rows, blocks[grid_dim]),)](*args, **kwargs, **blocks, **launch)
+def fp32_precision() -> str:
+    """The precision float32 inputs get now (see `set_fp32_precision`)."""
+    if _fp32_precision_choice is not None:
+        return _fp32_precision_choice
+    from_env = os.environ.get("ADAPTIVE_CONTRASTIVE_FP32_PRECISION")
+    if from_env:
+        if from_env not in FP32_PRECISIONS:
+            raise ValueError(
+                f"ADAPTIVE_CONTRASTIVE_FP32_PRECISION={from_env!r} is not one of {', '.join(FP32_PRECISIONS)}"
+            )
+        return from_env
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "3xtf32"
 
 
 # ---------------------------------------------------------------------------------------------
-# Launchers and autograd.
+# Plans: tile sizes and chunking per dtype, precision and width
 
 
-def _block_d(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
+@dataclass(frozen=True)
+class TileConfig:
+    """Tile shape and launch settings of one kernel. block_m: rows; block_n: columns."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
 
 
-def _size_bucket(n: int) -> int:
-    # One tuning per factor of ~8 in size, capped: tuning at huge N costs seconds per config.
-    return min(n.bit_length() // 3, 5)
+@dataclass(frozen=True)
+class KernelPlan:
+    """How one call runs: operand dtype, precision, feature chunking and each kernel's tiles."""
+
+    dtype: torch.dtype  # dtype of the operands in the kernels
+    precision: str  # "3xtf32", "tf32", "ieee" (float32) or "native" (16-bit)
+    block_d: int  # features per chunk (the whole padded row when num_chunks == 1)
+    num_chunks: int
+    fwd: TileConfig
+    dq: TileConfig
+    dk: TileConfig
+
+    @property
+    def stride(self) -> int:
+        """Row length of the padded operands."""
+        return self.block_d * self.num_chunks
+
+    @property
+    def split(self) -> bool:
+        return self.precision == "3xtf32"
+
+    @property
+    def dot_precision(self) -> str:
+        return "ieee" if self.precision == "ieee" else "tf32"
 
 
-def _dot_precision(q: Tensor) -> str:
-    # fp32 inputs follow torch's own switch for matmuls, so both backends round alike:
-    # IEEE float32 by default, TF32 when the user enabled it for torch.
-    if q.is_cuda and q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+# Widest padded row kept on chip (resident operand) per operand size; wider rows are chunked.
+RESIDENT_DIM = {"16bit": 256, "tf32": 128, "3xtf32": 128, "ieee": 64}
+# Chunk width of rows wider than that.
+CHUNK_DIM = {"16bit": 128, "tf32": 64, "3xtf32": 64, "ieee": 32}
 
 
-def _flags(settings: LossSettings) -> dict[str, Any]:
+def _kind(dtype: torch.dtype, precision: str) -> str:
+    return "16bit" if dtype in (torch.float16, torch.bfloat16) else precision
+
+
+def _default_tiles(kind: str, block_d: int, chunked: bool) -> tuple[TileConfig, TileConfig, TileConfig]:
+    """(forward, dQ, dK) tiles: the largest whose registers and shared memory fit without spills
+    on sm_90 (checked by benchmarks/kernel_stats.py and tests/test_triton_compile.py)."""
+    if kind == "ieee":
+        small = TileConfig(32, 32, 4, 2)
+        return small, small, small
+    if kind == "16bit":
+        if chunked or block_d >= 256:
+            return TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)
+        return TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)
+    # float32 through TF32 tensor cores (one or three products)
+    return TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)
+
+
+def make_plan(dtype: torch.dtype, d: int, precision: str, interpreted: bool = False) -> KernelPlan:
+    """The plan for rows of width `d` in `dtype` (float32: `precision`, else ignored)."""
+    kind = _kind(dtype, precision)
+    if kind == "16bit":
+        precision = "native"
+    block_d = max(16, triton.next_power_of_2(d))
+    num_chunks = 1
+    if block_d > RESIDENT_DIM[kind]:
+        block_d = CHUNK_DIM[kind]
+        num_chunks = triton.cdiv(d, block_d)
+    fwd, dq, dk = _default_tiles(kind, block_d, num_chunks > 1)
+    if interpreted:
+        fixed = TileConfig(FIXED_CONFIG["BLOCK_M"], FIXED_CONFIG["BLOCK_N"], 4, 1)
+        fwd = dq = dk = fixed
+    return KernelPlan(dtype, precision, block_d, num_chunks, fwd, dq, dk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launches
+
+
+@dataclass
+class Launch:
+    """One kernel launch: what `kernel_stats.py` compiles ahead of time is exactly what runs."""
+
+    name: str
+    kernel: Any
+    grid: tuple[int, ...]
+    args: dict[str, Any]
+    constexprs: dict[str, Any]
+    config: TileConfig
+
+    def run(self) -> None:
+        self.kernel[self.grid](
+            **self.args,
+            **self.constexprs,
+            BLOCK_M=self.config.block_m,
+            BLOCK_N=self.config.block_n,
+            num_warps=self.config.num_warps,
+            num_stages=self.config.num_stages,
+        )
+
+    def compile_constexprs(self) -> dict[str, Any]:
+        return {**self.constexprs, "BLOCK_M": self.config.block_m, "BLOCK_N": self.config.block_n}
+
+
+def _flags(settings: LossSettings, ops: Operands) -> dict[str, Any]:
+    has_threshold = settings.uses_threshold and ops.has_threshold
     return {
-        "USES_THRESHOLD": settings.uses_threshold,
-        "HARD_MASK": settings.mask == "hard",
+        "HANDLES_FN": settings.uses_threshold,
+        "HAS_THRESHOLD": has_threshold,
+        "HARD_MASK": settings.mask == "hard" or not has_threshold,
+        "HAS_LABELS": settings.uses_threshold and ops.has_labels,
         "MASKS_DENOM": settings.masks_denominator,
         "SOFT_LABELS": settings.soft_labels,
     }
 
 
+def _plan_constexprs(plan: KernelPlan) -> dict[str, Any]:
+    return {
+        "SPLIT": plan.split,
+        "PRECISION": plan.dot_precision,
+        "EMULATE_TF32": _INTERPRETED and plan.precision in ("3xtf32", "tf32"),
+        "NUM_CHUNKS": plan.num_chunks,
+        "BLOCK_D": plan.block_d,
+    }
+
+
+def _scalars(settings: LossSettings) -> dict[str, float]:
+    return {
+        "scale2": LOG2E / settings.temperature,
+        "mask_scale2": LOG2E / settings.mask_temperature,
+        "inv_tau": 1.0 / settings.temperature,
+    }
+
+
+@dataclass
+class Operands:
+    """Kernel-ready q and k: row-major, padded to the plan's stride, in the kernel dtype; with
+    3xTF32, each as a TF32 head and its float32 remainder (head + remainder = the input)."""
+
+    q_hi: Tensor
+    q_lo: Tensor
+    k_hi: Tensor
+    k_lo: Tensor
+    partner: Tensor  # (Nq,) int32
+    self_index: Tensor  # (Nq,) int32
+    thresholds: Tensor  # (Nq,) float32 (a placeholder without thresholds)
+    row_labels: Tensor  # (Nq,) int32 dense label ids, -2 = unknown (a placeholder without labels)
+    column_labels: Tensor  # (Nk,) int32 dense label ids, -1 = unknown
+    has_threshold: bool
+    has_labels: bool
+
+    def full_q(self) -> Tensor:
+        return self.q_hi + self.q_lo if self.q_hi is not self.q_lo else self.q_hi.float()
+
+    def full_k(self) -> Tensor:
+        return self.k_hi + self.k_lo if self.k_hi is not self.k_lo else self.k_hi.float()
+
+
+def _padded(x: Tensor, width: int) -> Tensor:
+    if x.shape[1] != width:
+        x = torch.nn.functional.pad(x, (0, width - x.shape[1]))
+    return x.contiguous()
+
+
+def _split_tf32_host(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(head, remainder): head = x rounded to TF32 (10 mantissa bits, ties away from zero), exact
+    remainder x - head, |remainder| <= 2^-11 |x|."""
+    head = ((x.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
+    return head, x - head
+
+
+def dense_label_ids(row_labels: Tensor, column_labels: Tensor) -> tuple[Tensor, Tensor]:
+    """int32 ids with row_id[i] == column_id[j] exactly when the labels are equal and known.
+
+    Labels are int64 (any range); ranks over their sorted union fit int32 for any N the kernels
+    take. Unknown (negative) labels become -2 on rows and -1 on columns, which never match.
+    No host sync: sort and cumulative sum on the device."""
+    both = torch.cat([row_labels, column_labels])
+    ordered, order = torch.sort(both)
+    starts = torch.ones_like(ordered, dtype=torch.int32)
+    starts[1:] = (ordered[1:] != ordered[:-1]).to(torch.int32)
+    ranks = torch.empty_like(starts)
+    ranks[order] = torch.cumsum(starts, 0, dtype=torch.int32) - 1
+    rows, cols = ranks[: row_labels.shape[0]], ranks[row_labels.shape[0] :]
+    rows = torch.where(row_labels < 0, torch.full_like(rows, -2), rows)
+    cols = torch.where(column_labels < 0, torch.full_like(cols, -1), cols)
+    return rows.contiguous(), cols.contiguous()
+
+
+def prepare_operands(
+    q: Tensor,
+    k: Tensor,
+    thresholds: Tensor | None,
+    partner: Tensor,
+    self_index: Tensor,
+    row_labels: Tensor | None,
+    column_labels: Tensor | None,
+    plan: KernelPlan,
+) -> Operands:
+    """Kernel inputs of one call (O(N·D) copies at most: padding, the 3xTF32 split)."""
+    q = _padded(q.to(plan.dtype), plan.stride)
+    k = _padded(k.to(plan.dtype), plan.stride)
+    if plan.split:
+        q_hi, q_lo = _split_tf32_host(q)
+        k_hi, k_lo = _split_tf32_host(k)
+    else:
+        q_hi = q_lo = q
+        k_hi = k_lo = k
+    thr = thresholds.to(torch.float32).contiguous() if thresholds is not None else q.new_zeros(1, dtype=torch.float32)
+    if row_labels is not None and column_labels is not None:
+        rl, cl = dense_label_ids(row_labels, column_labels)
+    else:
+        rl = cl = partner.new_zeros(1, dtype=torch.int32)
+    return Operands(
+        q_hi,
+        q_lo,
+        k_hi,
+        k_lo,
+        partner.to(torch.int32).contiguous(),
+        self_index.to(torch.int32).contiguous(),
+        thr,
+        rl,
+        cl,
+        has_threshold=thresholds is not None,
+        has_labels=row_labels is not None,
+    )
+
+
+def forward_launch(ops: Operands, stats: Tensor, settings: LossSettings, plan: KernelPlan) -> Launch:
+    """The forward kernel's launch; `stats` is (4, Nq) float32: lse, l_p, F, Φ."""
+    nq, nk = ops.q_hi.shape[0], ops.k_hi.shape[0]
+    args = {
+        "Q": ops.q_hi, "QL": ops.q_lo, "K": ops.k_hi, "KL": ops.k_lo, "THR": ops.thresholds,
+        "PARTNER": ops.partner, "SELF": ops.self_index, "ROW_LABEL": ops.row_labels, "COL_LABEL": ops.column_labels,
+        "LSE": stats[0], "LP": stats[1], "FN": stats[2], "PHIL": stats[3],
+        "Nq": nq, "Nk": nk, "stride": plan.stride,
+        **_scalars(settings),
+    }  # fmt: skip
+    constexprs = {**_flags(settings, ops), **_plan_constexprs(plan)}
+    return Launch("fwd", _fwd_kernel, (triton.cdiv(nq, plan.fwd.block_m),), args, constexprs, plan.fwd)
+
+
+@dataclass
+class RowTerms:
+    """Per-row float32 inputs of the backward kernels (see `_row_terms`)."""
+
+    lse2: Tensor
+    coef_p: Tensor
+    coef_y: Tensor
+    coef_d: Tensor
+    sigma: Tensor
+    centre: Tensor
+    out_scale: Tensor  # 1 element: what the kernels multiply their float32 accumulators by
+
+
+def backward_launches(
+    ops: Operands,
+    terms: RowTerms,
+    grad_q: Tensor,
+    grad_k: Tensor,
+    grad_thr: Tensor,
+    settings: LossSettings,
+    plan: KernelPlan,
+) -> list[Launch]:
+    """The dQ and dK kernels' launches (each writes its own output: no atomics)."""
+    nq, nk = ops.q_hi.shape[0], ops.k_hi.shape[0]
+    common = {
+        "Q": ops.q_hi, "QL": ops.q_lo, "K": ops.k_hi, "KL": ops.k_lo, "THR": ops.thresholds,
+        "PARTNER": ops.partner, "SELF": ops.self_index, "ROW_LABEL": ops.row_labels, "COL_LABEL": ops.column_labels,
+        "LSE2": terms.lse2, "COEF_P": terms.coef_p, "COEF_Y": terms.coef_y, "COEF_D": terms.coef_d,
+        "SIGMA": terms.sigma, "CENTRE": terms.centre, "OUT_SCALE": terms.out_scale,
+    }  # fmt: skip
+    scalars = _scalars(settings)
+    constexprs = {**_flags(settings, ops), **_plan_constexprs(plan)}
+    dq_args = {
+        **common, "DQ": grad_q, "DTHR": grad_thr, "Nq": nq, "Nk": nk, "stride": plan.stride,
+        **scalars, "inv_beta": 1.0 / settings.mask_temperature,
+    }  # fmt: skip
+    self_rows = _rows_naming_each_column(ops.self_index, nk)
+    partner_rows = _rows_naming_each_column(ops.partner, nk)
+    dk_args = {
+        **common, "SELF_ROWS": self_rows, "PARTNER_ROWS": partner_rows, "DK": grad_k,
+        "Nq": nq, "Nk": nk, "stride": plan.stride, **scalars,
+    }  # fmt: skip
+    return [
+        Launch("bwd_dq", _bwd_dq_kernel, (triton.cdiv(nq, plan.dq.block_m), plan.num_chunks), dq_args,
+               constexprs, plan.dq),
+        Launch("bwd_dk", _bwd_dk_kernel, (triton.cdiv(nk, plan.dk.block_n), plan.num_chunks), dk_args,
+               constexprs, plan.dk),
+    ]  # fmt: skip
+
+
+def _rows_naming_each_column(index: Tensor, n_cols: int) -> Tensor:
+    """(2, n_cols) int32: the first and last row i with index[i] == j (BIG and -1 when none)."""
+    rows = torch.arange(index.shape[0], dtype=torch.int32, device=index.device)
+    first = torch.full((n_cols,), BIG_INDEX, dtype=torch.int32, device=index.device)
+    last = torch.full((n_cols,), -1, dtype=torch.int32, device=index.device)
+    first.scatter_reduce_(0, index.long(), rows, "amin")
+    last.scatter_reduce_(0, index.long(), rows, "amax")
+    return torch.stack([first, last]).contiguous()
+
+
+def _gradient_scaling(g: Tensor, ops: Operands, settings: LossSettings, plan: KernelPlan) -> tuple[Tensor, Tensor]:
+    """(per-row factor, accumulator scale): the gradient tiles are g_i·factor... so that they stay
+    in range in the kernel dtype, and the float32 accumulators times the scale are the gradients.
+
+    Only float16 needs it: its normal range starts at 6e-5, and with ``mean`` g_i = 1/N, so the
+    plain tile g_i (P - y)/τ (~1/(N²τ)) would be mostly subnormal or zero. The tile is divided by
+    max|g| and multiplied by a power of two S chosen from a bound on |∂ℓ/∂s| (1/τ, plus the soft
+    mask's (1 + |l|max/2)/β), so that it stays under 2^14. No host sync: all on the device."""
+    if plan.dtype != torch.float16:
+        return g, torch.ones(1, dtype=torch.float32, device=g.device)
+    g_max = g.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
+    bound = torch.full((), 1.0 / settings.temperature, device=g.device)
+    if settings.uses_threshold and settings.mask == "soft":
+        logit_max = ops.full_q().norm(dim=1).amax() * ops.full_k().norm(dim=1).amax() / settings.temperature
+        bound = bound + (1.0 + 0.5 * logit_max) / settings.mask_temperature
+    scale = torch.exp2(torch.floor(torch.log2(2.0**14 / bound))).clamp(2.0**-20, 2.0**40)
+    return g * (scale / g_max), (g_max / scale).reshape(1).to(torch.float32)
+
+
+def _row_terms(
+    g: Tensor,
+    ops: Operands,
+    lse: Tensor,
+    partner_logit: Tensor,
+    fn_count: Tensor,
+    phi_logit_sum: Tensor,
+    settings: LossSettings,
+    plan: KernelPlan,
+) -> RowTerms:
+    """lse in log2 units and the scaled coefficients: G' = coef_p P - coef_y φ - coef_d β D."""
+    spread, _ = label_terms(fn_count, settings)
+    centre = label_centre(fn_count, partner_logit, phi_logit_sum)
+    g_scaled, out_scale = _gradient_scaling(g, ops, settings, plan)
+    inv_tau = 1.0 / settings.temperature
+    return RowTerms(
+        lse2=(lse * LOG2E).contiguous(),
+        coef_p=(g_scaled * inv_tau).contiguous(),
+        coef_y=(g_scaled * spread * inv_tau).contiguous(),
+        coef_d=(g_scaled / settings.mask_temperature).contiguous(),
+        sigma=spread.contiguous(),
+        centre=centre.contiguous(),
+        out_scale=out_scale,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd
+
+
 class MaskedInfoNCETriton(torch.autograd.Function):
     """Fused masked InfoNCE: saves four floats per row, recomputes score tiles in backward.
 
-    q, k: `(Nq, D)`, `(Nk, D)` float32, float16 or bfloat16 (any strides); thresholds `(Nq,)` or
-    None; partner, self_index `(Nq,)` int64 contiguous. Returns float32 `(Nq,)` row losses and F.
+    q, k: `(Nq, D)`, `(Nk, D)` float32, float16 or bfloat16; thresholds `(Nq,)` float32 or None;
+    partner, self_index `(Nq,)` int64; row_labels `(Nq,)`, column_labels `(Nk,)` int64 or None.
+    Returns float32 `(Nq,)` row losses and F.
     """
 
     @staticmethod
@@ -492,74 +500,69 @@ class MaskedInfoNCETriton(torch.autograd.Function):
         partner: Tensor,
         self_index: Tensor,
         settings: LossSettings,
+        row_labels: Tensor | None,
+        column_labels: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         nq, d = q.shape
-        nk = k.shape[0]
-        input_dtype = q.dtype
-        q, k = _interpreter_safe(q), _interpreter_safe(k)
+        dtype = _kernel_dtype(q.dtype)
+        precision = fp32_precision() if q.dtype == torch.float32 else "native" if dtype != torch.float32 else "ieee"
+        plan = make_plan(dtype, d, precision, _INTERPRETED)
+        ops = prepare_operands(q, k, thresholds, partner, self_index, row_labels, column_labels, plan)
         stats = torch.empty((4, nq), dtype=torch.float32, device=q.device)
+        forward_launch(ops, stats, settings, plan).run()
         lse, partner_logit, fn_count, phi_logit_sum = stats.unbind(0)
-        thr = thresholds if thresholds is not None else lse  # never read without a threshold
-        common = _common_args(q, k, settings)
-        _launch(
-            _fwd_kernel, _fwd_kernel_tuned, q.is_cuda, "BLOCK_M", nq,
-            q, k, thr, partner, self_index,
-            lse, partner_logit, fn_count, phi_logit_sum,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-            nq, nk, d, *common["scalars"], **common["meta"],
-        )
         rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
-        ctx.save_for_backward(q, k, thresholds, partner, self_index, lse, partner_logit, fn_count, phi_logit_sum)
-        ctx.settings = settings
-        ctx.input_dtype = input_dtype
+        ctx.save_for_backward(stats)
+        ctx.ops, ctx.plan, ctx.settings = ops, plan, settings
+        ctx.input_dtype, ctx.d = q.dtype, d
         ctx.mark_non_differentiable(fn_count)
         return rows_loss, fn_count
 
     @staticmethod
     def backward(ctx: Any, grad_rows: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        q, k, thresholds, partner, self_index, lse, partner_logit, fn_count, phi_logit_sum = ctx.saved_tensors
+        (stats,) = ctx.saved_tensors
+        ops: Operands = ctx.ops
+        plan: KernelPlan = ctx.plan
         settings: LossSettings = ctx.settings
-        nq, d = q.shape
-        nk = k.shape[0]
-        # Row constants of the gradient, O(Nq) elementwise work on the device (no host sync).
-        spread, partner_label = label_terms(fn_count, settings)
-        centre = label_centre(fn_count, partner_logit, phi_logit_sum)
+        lse, partner_logit, fn_count, phi_logit_sum = stats.unbind(0)
+        nq, nk = ops.q_hi.shape[0], ops.k_hi.shape[0]
         g = grad_rows.to(torch.float32).contiguous()  # a mean's gradient arrives expanded (stride 0)
-        soft = settings.uses_threshold and settings.mask == "soft"
-        grad_q = torch.empty((nq, d), dtype=torch.float32, device=q.device)
-        grad_k = torch.empty((nk, d), dtype=torch.float32, device=q.device)
-        grad_thr = torch.empty(nq, dtype=torch.float32, device=q.device) if soft else lse
-        thr = thresholds if thresholds is not None else lse
-        common = _common_args(q, k, settings)
-        row_inputs = (q, k, thr, partner, self_index, lse, g, spread, partner_label, centre)
-        strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1))
-        _launch(
-            _bwd_dq_kernel, _bwd_dq_kernel_tuned, q.is_cuda, "BLOCK_M", nq,
-            *row_inputs, grad_q, grad_thr, *strides, grad_q.stride(0),
-            nq, nk, d, *common["scalars"], **common["meta"],
-        )
-        _launch(
-            _bwd_dk_kernel, _bwd_dk_kernel_tuned, q.is_cuda, "BLOCK_N", nk,
-            *row_inputs, grad_k, *strides, grad_k.stride(0),
-            nq, nk, d, *common["scalars"], **common["meta"],
-        )
+        terms = _row_terms(g, ops, lse, partner_logit, fn_count, phi_logit_sum, settings, plan)
+        soft = settings.uses_threshold and settings.mask == "soft" and ops.has_threshold
+        grad_q = torch.empty((nq, plan.stride), dtype=torch.float32, device=g.device)
+        grad_k = torch.empty((nk, plan.stride), dtype=torch.float32, device=g.device)
+        grad_thr = torch.empty(nq, dtype=torch.float32, device=g.device) if soft else terms.lse2
+        for launch in backward_launches(ops, terms, grad_q, grad_k, grad_thr, settings, plan):
+            launch.run()
+        # The partner column, outside the tiles: ∂ℓ_i/∂s_ip = (P_p - y_p)/τ with P_p = e^{l_p - lse}.
+        _, partner_label = label_terms(fn_count, settings)
+        partner_grad = g * (torch.exp(partner_logit - lse) - partner_label) / settings.temperature
+        partner_rows = ops.partner.long()
+        q_full, k_full = ops.full_q(), ops.full_k()
+        grad_q.addcmul_(partner_grad[:, None], k_full[partner_rows])
+        grad_k.index_add_(0, partner_rows, partner_grad[:, None] * q_full)
         grad_thresholds = None
-        if soft and thresholds is not None and ctx.needs_input_grad[2]:
-            grad_thresholds = grad_thr.to(thresholds.dtype)
-        return grad_q.to(ctx.input_dtype), grad_k.to(ctx.input_dtype), grad_thresholds, None, None, None
+        if soft and ctx.needs_input_grad[2]:
+            grad_thresholds = grad_thr * g
+        d = ctx.d
+        return (
+            grad_q[:, :d].to(ctx.input_dtype),
+            grad_k[:, :d].to(ctx.input_dtype),
+            grad_thresholds,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def _interpreter_safe(x: Tensor) -> Tensor:
+def _kernel_dtype(dtype: torch.dtype) -> torch.dtype:
     # Triton's interpreter (3.9 at least) multiplies bfloat16 tiles in tl.dot as their raw uint16
     # bits; there, bfloat16 runs as float32. Compiled kernels take bfloat16 as it is.
-    return x.float() if _INTERPRETED and x.dtype == torch.bfloat16 else x
-
-
-def _common_args(q: Tensor, k: Tensor, settings: LossSettings) -> dict[str, Any]:
-    return {
-        "scalars": (1.0 / settings.temperature, 1.0 / settings.mask_temperature, _size_bucket(k.shape[0])),
-        "meta": {**_flags(settings), "DOT_PRECISION": _dot_precision(q), "BLOCK_D": _block_d(q.shape[1])},
-    }
+    if _INTERPRETED and dtype == torch.bfloat16:
+        return torch.float32
+    return dtype
 
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -574,22 +577,26 @@ def triton_masked_info_nce_rows(
     partner: Tensor,
     self_index: Tensor,
     settings: LossSettings,
+    row_labels: Tensor | None = None,
+    column_labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-row loss and false-negative count F on the fused Triton path (no Nq×Nk buffer).
 
-    Same contract as `reference.masked_info_nce_rows`. float32, float16 and bfloat16 run as such
-    in the kernels, always accumulating in float32; float64 is cast to float32 at this boundary
-    (the GPU has no fast float64 tl.dot) and the results and gradients are cast back to float64,
-    so they agree with the reference to float32 round-off. Row losses and F are float32
-    (float64 for float64 inputs).
+    Same contract as `reference.masked_info_nce_rows`. bfloat16 and float16 run as such in the
+    kernels, accumulating in float32; float32 runs on tensor cores as 3xTF32 unless
+    `set_fp32_precision` says otherwise; float64 is cast to float32 at this boundary (the GPU has
+    no fast float64 tl.dot) and the results and gradients are cast back to float64. Row losses
+    and F are float32 (float64 for float64 inputs).
 
     Args:
-        q: `(Nq, D)` queries, D <= 1024, already normalised for cosine similarity.
+        q: `(Nq, D)` queries, D <= 4096, already normalised for cosine similarity.
         k: `(Nk, D)` candidates, same dtype and device.
-        thresholds: `(Nq,)` thresholds in similarity units, or None for ``keep``.
+        thresholds: `(Nq,)` thresholds in similarity units, or None (``keep``, or labels alone).
         partner: `(Nq,)` int64 column of each row's positive.
         self_index: `(Nq,)` int64 column each row leaves out.
         settings: the loss settings.
+        row_labels: `(Nq,)` int64 label of each row (negative: unknown), or None.
+        column_labels: `(Nk,)` int64 label of each column; given exactly when row_labels is.
 
     Returns:
         `(Nq,)` row losses (differentiable w.r.t. q, k, and thresholds with the soft mask) and
@@ -598,22 +605,26 @@ def triton_masked_info_nce_rows(
     Raises:
         ValueError, TypeError: on shapes, dtypes or devices the kernels cannot take.
     """
-    _check_inputs(q, k, thresholds, partner, self_index, settings)
+    _check_inputs(q, k, thresholds, partner, self_index, settings, row_labels, column_labels)
     out_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     if q.dtype == torch.float64:
         q, k = q.to(torch.float32), k.to(torch.float32)  # differentiable casts: grads come back as float64
     thr = None
     if settings.uses_threshold and thresholds is not None:
         thr = thresholds if thresholds.dtype == torch.float32 else thresholds.to(torch.float32)
-        thr = thr.contiguous()
-    rows_loss, fn_count = MaskedInfoNCETriton.apply(
-        q, k, thr, partner.contiguous(), self_index.contiguous(), settings
-    )
+    rows_loss, fn_count = MaskedInfoNCETriton.apply(q, k, thr, partner, self_index, settings, row_labels, column_labels)
     return rows_loss.to(out_dtype), fn_count.to(out_dtype)
 
 
 def _check_inputs(
-    q: Tensor, k: Tensor, thresholds: Tensor | None, partner: Tensor, self_index: Tensor, settings: LossSettings
+    q: Tensor,
+    k: Tensor,
+    thresholds: Tensor | None,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
+    row_labels: Tensor | None,
+    column_labels: Tensor | None,
 ) -> None:
     """Shape, dtype and device checks that need no device sync."""
     if q.dim() != 2 or k.dim() != 2 or q.shape[1] != k.shape[1]:
@@ -629,18 +640,30 @@ def _check_inputs(
         )
     if not 1 <= q.shape[1] <= MAX_DIM:
         raise ValueError(f"the Triton backend takes 1 <= D <= {MAX_DIM}, got D={q.shape[1]}; use backend='reference'")
-    tensors = (q, k, partner, self_index) if thresholds is None else (q, k, partner, self_index, thresholds)
+    if q.shape[0] >= 2**31 or k.shape[0] >= 2**31:
+        raise ValueError(f"the Triton backend takes fewer than 2^31 rows, got {q.shape[0]} and {k.shape[0]}")
+    nq, nk = q.shape[0], k.shape[0]
+    if (row_labels is None) != (column_labels is None):
+        raise ValueError("row_labels and column_labels must be given together (or both None)")
+    tensors = [q, k, partner, self_index] + [t for t in (thresholds, row_labels, column_labels) if t is not None]
     devices = {t.device for t in tensors}
     if len(devices) != 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
-    nq = q.shape[0]
     for name, idx in (("partner", partner), ("self_index", self_index)):
         if idx.shape != (nq,) or idx.dtype != torch.int64:
             raise ValueError(f"{name} must be an int64 tensor of shape ({nq},), got {idx.dtype} {tuple(idx.shape)}")
+    if row_labels is not None and column_labels is not None:
+        if not settings.uses_threshold:
+            raise ValueError('labels need a mode that handles false negatives; false_negatives="keep" takes none')
+        for name, labels, n in (("row_labels", row_labels, nq), ("column_labels", column_labels, nk)):
+            if labels.shape != (n,) or labels.dtype != torch.int64:
+                raise ValueError(
+                    f"{name} must be an int64 tensor of shape ({n},), got {labels.dtype} {tuple(labels.shape)}"
+                )
     if settings.uses_threshold:
-        if thresholds is None:
-            raise ValueError(f'false_negatives="{settings.false_negatives}" needs thresholds, got None')
-        if thresholds.shape != (nq,):
+        if thresholds is None and row_labels is None:
+            raise ValueError(f'false_negatives="{settings.false_negatives}" needs thresholds (or labels), got None')
+        if thresholds is not None and thresholds.shape != (nq,):
             raise ValueError(f"thresholds must have shape ({nq},), got {tuple(thresholds.shape)}")
     if not math.isfinite(settings.temperature) or settings.temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {settings.temperature!r}")
