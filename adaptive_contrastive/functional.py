@@ -68,10 +68,19 @@ def make_settings(
     )
 
 
-def embed(z: Tensor, similarity: str) -> Tensor:
-    """Rows in the compute dtype, normalised for cosine similarity (ẑ = z / max(‖z‖, 1e-8))."""
-    z = z.to(compute_dtype(z.dtype))
-    return F.normalize(z, dim=-1, eps=NORM_EPS) if similarity == "cos" else z
+def embed(z: Tensor, similarity: str, keep_half: bool = False) -> Tensor:
+    """Rows normalised for cosine similarity (ẑ = z / max(‖z‖, 1e-8)), in float32 (float64 stays).
+
+    keep_half: float16/bfloat16 rows are normalised in float32 and cast back, so that the Triton
+    backend runs its 16-bit kernels on them (they accumulate in float32); the reference backend
+    computes in float32 and leaves it False.
+    """
+    out = z.to(compute_dtype(z.dtype))
+    if similarity == "cos":
+        out = F.normalize(out, dim=-1, eps=NORM_EPS)
+    if keep_half and z.dtype in (torch.float16, torch.bfloat16):
+        out = out.to(z.dtype)
+    return out
 
 
 def _score_rows(
@@ -128,7 +137,8 @@ def scored_rows(
     layout: CandidateLayout, thresholds: Tensor | None, settings: LossSettings, backend: str
 ) -> tuple[Tensor, Tensor]:
     """Row losses and false-negative counts of the layout's rows; `thresholds` one per row."""
-    thr = thresholds.to(layout.rows.dtype) if thresholds is not None and settings.uses_threshold else None
+    use_threshold = thresholds is not None and settings.uses_threshold
+    thr = thresholds.to(compute_dtype(layout.rows.dtype)) if use_threshold else None
     return _score_rows(layout.rows, layout.columns, thr, layout.partner, layout.self_index, settings, backend)
 
 
@@ -237,7 +247,8 @@ def _rows_from_public(
         thresholds: Tensor | None = thresholds_per_row(threshold, z1.shape[0], embed(z1[:1], "dot"))
     else:
         thresholds = None
-    layout = candidate_layout(embed(z1, similarity), embed(z2, similarity), gather_distributed)
+    half = resolved == "triton"
+    layout = candidate_layout(embed(z1, similarity, half), embed(z2, similarity, half), gather_distributed)
     rows, counts = scored_rows(layout, thresholds, settings, resolved)
     return rows, counts, layout.global_rows
 

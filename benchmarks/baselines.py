@@ -11,7 +11,7 @@ What each baseline scores (the work differs, so tables should say which):
 | ``lightly`` | lightly ``NTXentLoss(out0=z1, out1=z2)`` | N×N |
 | ``info_nce`` | info-nce-pytorch ``InfoNCE(query=z1, positive_key=z2)``, in-batch negatives | B×B = N²/4 |
 | ``inf_cl`` | inf-cl ``cal_inf_loss(cat(z1, z2), cat(z2, z1))`` (CUDA only) | N×N |
-| ``adaptive_*`` | this library's ``adaptive_info_nce`` (mode and backend in the name) | N×N |
+| ``adaptive_*`` | this library's ``adaptive_info_nce`` (mode, backend, ``_labels``: 4 sequences per label) | N×N |
 
 inf-cl scores row i of Z = cat(z1, z2) against every row of cat(z2, z1) with the partner as its
 label: the same N×N work and positive as NT-Xent, but its denominator also holds the row's own
@@ -42,6 +42,8 @@ TEMPERATURE = 0.1
 # similarities of spread ~1/sqrt(D), so 0.1 marks a few percent to ~20% of candidates as suspected
 # false negatives at D = 64..256: the masked branches of the kernel really run.
 THRESHOLD = 0.1
+# Sequences per label in the labelled variants (known positives, SPEC §8).
+LABEL_GROUP = 4
 
 
 class _DummyAttr:
@@ -185,11 +187,16 @@ def make_adaptive(
     threshold: float = THRESHOLD,
     mask: str = "hard",
     similarity: str = "cos",
+    labels: bool = False,
 ) -> LossFn:
-    """This library's functional loss with fixed settings (``keep`` ignores the threshold)."""
+    """This library's functional loss with fixed settings (``keep`` ignores the threshold).
+
+    labels: also pass known positives, one label per group of `LABEL_GROUP` consecutive sequences.
+    """
     from adaptive_contrastive.functional import adaptive_info_nce
 
     def call(z1: Tensor, z2: Tensor) -> Tensor:
+        extra = {"labels": torch.arange(z1.shape[0], device=z1.device) // LABEL_GROUP} if labels else {}
         return adaptive_info_nce(
             z1,
             z2,
@@ -199,6 +206,7 @@ def make_adaptive(
             false_negatives=false_negatives,
             mask=mask,
             backend=backend,
+            **extra,
         )
 
     return call

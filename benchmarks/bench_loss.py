@@ -6,7 +6,9 @@ loss.backward() through z1 and z2. Methods (see baselines.py for what each score
 
     triton_attract    adaptive_info_nce(false_negatives="attract", backend="triton")
     triton_keep       plain InfoNCE / NT-Xent through the same kernel (false_negatives="keep")
+    triton_attract_labels     attract with known positives too (labels: groups of 4 sequences)
     reference_attract adaptive_info_nce(false_negatives="attract", backend="reference")
+    reference_attract_labels  the same with labels on the reference backend
     pml, lightly, info_nce, inf_cl   third-party losses (each skipped when not installed)
 
 Timing: CUDA uses `triton.testing.do_bench` (median, 20th and 80th percentiles) for calls under
@@ -27,7 +29,7 @@ bench_loss.json (long format), bench_loss.md, bench_loss.png in --out.
 Examples:
     python benchmarks/bench_loss.py --device cpu --quick --interpret --out benchmarks/results/cpu
     python benchmarks/bench_loss.py --device cuda --dims 128 --out gpu_results
-    python benchmarks/bench_loss.py --device cuda --acceptance --out gpu_results
+    python benchmarks/bench_loss.py --device cuda --dtype bfloat16 --dims 128 --out gpu_results/bf16
 """
 
 from __future__ import annotations
@@ -50,7 +52,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-METHODS = ("triton_attract", "triton_keep", "reference_attract", "pml", "lightly", "info_nce", "inf_cl")
+METHODS = (
+    "triton_attract",
+    "triton_keep",
+    "triton_attract_labels",
+    "reference_attract",
+    "reference_attract_labels",
+    "pml",
+    "lightly",
+    "info_nce",
+    "inf_cl",
+)
 GPU_SIZES = [512 * 2**i for i in range(10)]  # 512 .. 262144
 CPU_SIZES = [512 * 2**i for i in range(5)]  # 512 .. 8192
 DTYPES = ("float32", "bfloat16", "float16")
@@ -75,7 +87,8 @@ def build_method(name: str, device: str) -> Callable[[Any, Any], Any] | None:
 
             if triton_unavailable_reason(torch.device(device)) is not None:
                 return None
-        return baselines.make_adaptive(mode, backend=backend)
+        mode, _, labels = mode.partition("_")
+        return baselines.make_adaptive(mode, backend=backend, labels=labels == "labels")
     builder = baselines.BASELINES.get(name)
     if builder is None:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
@@ -378,26 +391,35 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
         import torch
 
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
-    for d in args.dims:
-        for method in args.methods:
-            fn = build_method(method, device) if device == "cuda" else None
-            unavailable = device == "cuda" and fn is None
-            if device == "cpu" and not args.interpret and method.startswith("triton_"):
-                unavailable = True  # compiled Triton needs CUDA; the interpreter is opt-in (--interpret)
-            if device == "cpu" and method == "inf_cl":
-                unavailable = True
-            stop_reason = "skipped: not available" if unavailable else ""
-            for n in args.sizes:
+    # N on the outer loop: a run cut short by its budget still has every method at the small sizes.
+    fns: dict[str, Any] = {}
+    stop: dict[tuple[str, int], str] = {}
+    for method in args.methods:
+        fns[method] = build_method(method, device) if device == "cuda" else None
+        unavailable = device == "cuda" and fns[method] is None
+        if device == "cpu" and not args.interpret and method.startswith("triton_"):
+            unavailable = True  # compiled Triton needs CUDA; the interpreter is opt-in (--interpret)
+        if device == "cpu" and method == "inf_cl":
+            unavailable = True
+        for d in args.dims:
+            stop[(method, d)] = "skipped: not available" if unavailable else ""
+    for n in args.sizes:
+        for d in args.dims:
+            for method in args.methods:
                 rec = {"method": method, "N": n, "D": d, **meta, "pairs": int(n * n * PAIR_FRACTION.get(method, 1.0))}
-                if not stop_reason and time.monotonic() > deadline:
-                    stop_reason = "skipped: time budget"
-                if not stop_reason and device == "cpu" and method.startswith("triton_") and n > args.interpret_max_n:
-                    stop_reason = f"skipped: interpreter only up to N={args.interpret_max_n}"
-                if stop_reason:
-                    result: dict[str, Any] = {"status": stop_reason}
+                if not stop[(method, d)] and time.monotonic() > deadline:
+                    stop[(method, d)] = "skipped: time budget"
+                if (
+                    not stop[(method, d)]
+                    and device == "cpu"
+                    and method.startswith("triton_")
+                    and n > args.interpret_max_n
+                ):
+                    stop[(method, d)] = f"skipped: interpreter only up to N={args.interpret_max_n}"
+                if stop[(method, d)]:
+                    result: dict[str, Any] = {"status": stop[(method, d)]}
                 elif device == "cuda":
-                    assert fn is not None
-                    result = measure_cuda(fn, n, d, args.dtype, args.repeats)
+                    result = measure_cuda(fns[method], n, d, args.dtype, args.repeats)
                 else:
                     spec = {
                         "method": method,
@@ -413,108 +435,16 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
                 rec.update(result)
                 records.append(rec)
                 if result["status"] == "oom":
-                    stop_reason = f"skipped: OOM at N={n}"
+                    stop[(method, d)] = f"skipped: OOM at N={n}"
                 elif result["status"].startswith(("timeout", "error")):
-                    stop_reason = f"skipped: {result['status'].split(' ')[0]} at N={n}"
+                    stop[(method, d)] = f"skipped: {result['status'].split(' ')[0]} at N={n}"
                 elif result["status"] == "ok" and 4 * result["median_ms"] > 1e3 * args.max_seconds:
                     # Doubling N at least quadruples the work of every method here.
-                    stop_reason = f"skipped: next N projected > {args.max_seconds:g} s per call"
+                    stop[(method, d)] = f"skipped: next N projected > {args.max_seconds:g} s per call"
                 if not result["status"].startswith("skipped"):
-                    print(f"[{method:>17}] D={d:<4} N={n:<7} {_cell(rec)}", flush=True)
+                    print(f"[{method:>24}] D={d:<4} N={n:<7} {_cell(rec)}", flush=True)
                 write_outputs(records, out, title)
     return records
-
-
-# ---------------------------------------------------------------------------------------------
-# GPU acceptance check
-
-
-def acceptance(args: argparse.Namespace) -> dict[str, Any]:
-    """The issue's goals at N = 16384, D = 128, float32, plus whether N = 262144 runs.
-
-    Every backend runs under the same matmul precision, IEEE float32 (torch's default) and then
-    TF32; inf-cl's kernels always use Triton's default tl.dot precision (TF32), so it runs once.
-    """
-    import torch
-
-    n, d = 16384, 128
-    plan = [
-        (False, "triton_attract"),
-        (False, "triton_keep"),
-        (False, "reference_attract"),
-        (True, "triton_attract"),
-        (True, "reference_attract"),
-        (True, "inf_cl"),
-    ]
-    points: dict[str, dict[str, Any]] = {}
-    for tf32, method in plan:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        fn = build_method(method, "cuda")
-        key = f"{method}{'_tf32' if tf32 else ''}"
-        points[key] = {"status": "skipped: not available"} if fn is None else measure_cuda(fn, n, d, "float32", 5)
-        print(f"[acceptance] N={n} {key:>22}: {_cell(points[key])}", flush=True)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    big = 262144
-    for method in ("triton_attract", "reference_attract"):
-        fn = build_method(method, "cuda")
-        key = f"{method}_N{big}"
-        points[key] = {"status": "skipped: not available"} if fn is None else measure_cuda(fn, big, d, "float32", 2)
-        print(f"[acceptance] {key:>30}: {_cell(points[key])}", flush=True)
-
-    def ratio(a: str, b: str, field: str) -> float | None:
-        ra, rb = points[a], points[b]
-        if ra["status"] != "ok" or rb["status"] != "ok" or not rb[field]:
-            return None
-        return float(ra[field] / rb[field])
-
-    # (goal, value, threshold test or None for information only)
-    goals: list[tuple[str, Any, Callable[[Any], bool] | None]] = [
-        (
-            "reference / triton time, attract (>= 3)",
-            ratio("reference_attract", "triton_attract", "median_ms"),
-            lambda v: v >= 3,
-        ),
-        (
-            "reference / triton time, attract, TF32",
-            ratio("reference_attract_tf32", "triton_attract_tf32", "median_ms"),
-            None,
-        ),
-        (
-            "triton / reference peak memory (<= 0.05)",
-            ratio("triton_attract", "reference_attract", "peak_mb"),
-            lambda v: v <= 1 / 20,
-        ),
-        (
-            "triton attract (TF32) / inf-cl time (<= 1.3)",
-            ratio("triton_attract_tf32", "inf_cl_tf32", "median_ms"),
-            lambda v: v <= 1.3,
-        ),
-        ("triton attract (IEEE) / inf-cl time", ratio("triton_attract", "inf_cl_tf32", "median_ms"), None),
-        (f"N={big}: triton runs", points[f"triton_attract_N{big}"]["status"] == "ok", bool),
-        (f"N={big}: reference status", points[f"reference_attract_N{big}"]["status"], None),
-    ]
-    lines = [f"### Acceptance check (N = {n}, D = {d}, float32)", "", "| goal | value | pass |", "|---|---|---|"]
-    summary = []
-    for goal, value, test in goals:
-        passed = None if test is None or value is None else bool(test(value))
-        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        lines.append(f"| {goal} | {shown} | {'' if passed is None else ('yes' if passed else 'NO')} |")
-        summary.append({"goal": goal, "value": value, "pass": passed})
-    report = {
-        "N": n,
-        "D": d,
-        "dtype": "float32",
-        "device_name": device_name("cuda", False),
-        "versions": versions(),
-        "points": points,
-        "goals": summary,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "acceptance.json").write_text(json.dumps(report, indent=1))
-    (out / "acceptance.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
-    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,14 +496,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tf32", action="store_true", help="CUDA: allow TF32 matmuls for every method (and the kernel)"
     )
-    parser.add_argument(
-        "--acceptance", action="store_true", help="CUDA: the issue's acceptance check instead of a sweep"
-    )
     parser.add_argument("--from-json", help="only rebuild the table and plot of an earlier bench_loss.json into --out")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.acceptance:
-        args.device = "cuda"
     if args.device is None:
         import torch
 
@@ -607,9 +532,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_json:
         records = json.loads(Path(args.from_json).read_text())
         write_outputs(records, Path(args.out), f"bench_loss.py on {records[0]['device_name']}")
-        return
-    if args.acceptance:
-        acceptance(args)
         return
     started = time.monotonic()
     records = sweep(args)

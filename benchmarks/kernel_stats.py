@@ -70,25 +70,24 @@ def _settings(mode: str) -> tuple[Any, bool, bool]:
 
 
 def launches(dtype_name: str, d: int, mode: str, n: int = N_PROFILE) -> list[Any]:
-    """The forward and backward `Launch`es of one call at N = n, built on CPU tensors (not run)."""
+    """The forward, dQ and dK `Launch`es of one call at N = n, built on CPU tensors (not run)."""
     import torch
 
     from adaptive_contrastive.kernels import masked_info_nce as kernel_module
 
     dtype, precision = _dtype(dtype_name)
     settings, has_threshold, has_labels = _settings(mode)
-    plan = kernel_module.make_plan(dtype, d, precision or "native")
     z = torch.zeros(n, d, dtype=dtype)
     rows = torch.arange(n)
-    partner, self_index = (rows + n // 2) % n, rows
     thresholds = torch.zeros(n) if settings.uses_threshold and has_threshold else None
     labels = rows // 4 if has_labels else None
-    ops = kernel_module.prepare_operands(z, z, thresholds, partner, self_index, labels, labels, plan)
-    stats = torch.zeros(4, n)
-    terms = kernel_module.RowTerms(*(torch.zeros(n) for _ in range(6)), torch.ones(1))
-    grad = torch.zeros(n, plan.stride)
-    fwd = kernel_module.forward_launch(ops, stats, settings, plan)
-    return [fwd, *kernel_module.backward_launches(ops, terms, grad, grad.clone(), torch.zeros(n), settings, plan)]
+    previous = kernel_module.set_fp32_precision(precision)
+    try:
+        call = kernel_module.FusedCall.prepare(z, z, thresholds, (rows + n // 2) % n, rows, settings, labels, labels)
+    finally:
+        kernel_module.set_fp32_precision(previous)
+    backward, *_ = call.backward(torch.zeros(n))
+    return [call.forward(), *backward]
 
 
 def profile_one(job: tuple[str, int, str]) -> list[dict[str, Any]]:
