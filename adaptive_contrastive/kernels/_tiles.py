@@ -84,15 +84,17 @@ def scores(a_hi, a_lo, A, AL, B, BL, a0, b0, n_a, n_b, stride,
             b_lo = load_rows(BL, b0, n_b, stride, BLOCK_B, BLOCK_D, MASK_B)
         s = dot_acc(a_hi, a_lo, tl.trans(b_hi), tl.trans(b_lo), s, SPLIT, SWAPPED, PRECISION, EMULATE_TF32)
     else:
+        b_hi = tl.zeros([BLOCK_B, BLOCK_D], dtype=B.dtype.element_ty)  # (callers load the slice they need)
+        b_lo = b_hi
         for c in range(0, NUM_CHUNKS * BLOCK_D, BLOCK_D):
-            a_hi = load_rows(A + c, a0, n_a, stride, BLOCK_A, BLOCK_D, True)
-            b_hi = load_rows(B + c, b0, n_b, stride, BLOCK_B, BLOCK_D, MASK_B)
-            a_lo = a_hi
-            b_lo = b_hi
+            ac_hi = load_rows(A + c, a0, n_a, stride, BLOCK_A, BLOCK_D, True)
+            bc_hi = load_rows(B + c, b0, n_b, stride, BLOCK_B, BLOCK_D, MASK_B)
+            ac_lo = ac_hi
+            bc_lo = bc_hi
             if SPLIT:
-                a_lo = load_rows(AL + c, a0, n_a, stride, BLOCK_A, BLOCK_D, True)
-                b_lo = load_rows(BL + c, b0, n_b, stride, BLOCK_B, BLOCK_D, MASK_B)
-            s = dot_acc(a_hi, a_lo, tl.trans(b_hi), tl.trans(b_lo), s, SPLIT, SWAPPED, PRECISION, EMULATE_TF32)
+                ac_lo = load_rows(AL + c, a0, n_a, stride, BLOCK_A, BLOCK_D, True)
+                bc_lo = load_rows(BL + c, b0, n_b, stride, BLOCK_B, BLOCK_D, MASK_B)
+            s = dot_acc(ac_hi, ac_lo, tl.trans(bc_hi), tl.trans(bc_lo), s, SPLIT, SWAPPED, PRECISION, EMULATE_TF32)
     return s, b_hi, b_lo
 
 

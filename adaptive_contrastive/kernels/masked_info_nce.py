@@ -166,32 +166,49 @@ class KernelPlan:
         return "ieee" if self.precision == "ieee" else "tf32"
 
 
-# Widest padded row kept on chip (resident operand) per operand size; wider rows are chunked.
+# Widest padded row kept on chip (resident operand) per operand kind; wider rows are chunked.
 RESIDENT_DIM = {"16bit": 256, "tf32": 128, "3xtf32": 128, "ieee": 64}
 # Chunk width of rows wider than that.
 CHUNK_DIM = {"16bit": 128, "tf32": 64, "3xtf32": 64, "ieee": 32}
+
+# Default tiles (forward, dQ, dK) per operand kind and row width, chosen from the sm_90 static
+# profile (benchmarks/kernel_stats.py, the table in benchmarks/RESULTS.md): no spills, wgmma in
+# every tile loop, shared memory within 227 KB, and the fewest predicted cycles. TileConfig rows
+# are block_m (rows of Q), block_n (columns of K), warps, pipeline stages. 8 warps = two
+# warpgroups of 64 rows each: 128-row tiles halve how often K streams through L2 (BLOCK_M × BLOCK_N
+# tiles at 64 rows would be L2-bound on bfloat16).
+_TILES: dict[tuple[str, int], tuple[TileConfig, TileConfig, TileConfig]] = {
+    ("16bit", 64): (TileConfig(128, 64, 8, 2), TileConfig(128, 64, 8, 2), TileConfig(64, 128, 8, 2)),
+    ("16bit", 128): (TileConfig(128, 64, 8, 2), TileConfig(128, 64, 8, 2), TileConfig(64, 128, 8, 2)),
+    ("16bit", 256): (TileConfig(128, 64, 8, 2), TileConfig(128, 64, 8, 2), TileConfig(64, 128, 8, 2)),
+    ("tf32", 64): (TileConfig(128, 64, 8, 2), TileConfig(128, 32, 8, 2), TileConfig(32, 128, 8, 2)),
+    ("tf32", 128): (TileConfig(128, 64, 8, 2), TileConfig(128, 32, 8, 2), TileConfig(32, 128, 8, 2)),
+    ("3xtf32", 64): (TileConfig(128, 32, 8, 2), TileConfig(128, 32, 8, 2), TileConfig(32, 128, 8, 2)),
+    ("3xtf32", 128): (TileConfig(128, 32, 8, 2), TileConfig(128, 32, 8, 2), TileConfig(32, 128, 8, 2)),
+    ("ieee", 64): (TileConfig(32, 32, 4, 2), TileConfig(32, 32, 4, 2), TileConfig(32, 32, 4, 2)),
+}
+# The soft mask keeps more values per element live: the dQ kernel takes narrower column tiles.
+_SOFT_DQ = {"16bit": TileConfig(128, 32, 8, 2)}
 
 
 def _kind(dtype: torch.dtype, precision: str) -> str:
     return "16bit" if dtype in (torch.float16, torch.bfloat16) else precision
 
 
-def _default_tiles(kind: str, block_d: int, chunked: bool) -> tuple[TileConfig, TileConfig, TileConfig]:
-    """(forward, dQ, dK) tiles: the largest whose registers and shared memory fit without spills
-    on sm_90 (checked by benchmarks/kernel_stats.py and tests/test_triton_compile.py)."""
-    if kind == "ieee":
-        small = TileConfig(32, 32, 4, 2)
-        return small, small, small
-    if kind == "16bit":
-        if chunked or block_d >= 256:
-            return TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)
-        return TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)
-    # float32 through TF32 tensor cores (one or three products)
-    return TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)
+def _default_tiles(kind: str, block_d: int, chunked: bool, soft: bool) -> tuple[TileConfig, TileConfig, TileConfig]:
+    """(forward, dQ, dK) tiles of rows padded to `block_d` (per chunk when chunked)."""
+    width = 64 if block_d <= 64 else 128 if block_d <= 128 else 256
+    if chunked:
+        width = min(width, 128)
+    fwd, dq, dk = _TILES[(kind, min(width, RESIDENT_DIM[kind]))]
+    if soft and kind in _SOFT_DQ:
+        dq = _SOFT_DQ[kind]
+    return fwd, dq, dk
 
 
-def make_plan(dtype: torch.dtype, d: int, precision: str, interpreted: bool = False) -> KernelPlan:
-    """The plan for rows of width `d` in `dtype` (float32: `precision`, else ignored)."""
+def make_plan(dtype: torch.dtype, d: int, precision: str, interpreted: bool = False, soft: bool = False) -> KernelPlan:
+    """The plan for rows of width `d` in `dtype` (float32: `precision`, else ignored); `soft`: the
+    soft mask is on."""
     kind = _kind(dtype, precision)
     if kind == "16bit":
         precision = "native"
@@ -200,7 +217,7 @@ def make_plan(dtype: torch.dtype, d: int, precision: str, interpreted: bool = Fa
     if block_d > RESIDENT_DIM[kind]:
         block_d = CHUNK_DIM[kind]
         num_chunks = triton.cdiv(d, block_d)
-    fwd, dq, dk = _default_tiles(kind, block_d, num_chunks > 1)
+    fwd, dq, dk = _default_tiles(kind, block_d, num_chunks > 1, soft)
     if interpreted:
         fixed = TileConfig(FIXED_CONFIG["BLOCK_M"], FIXED_CONFIG["BLOCK_N"], 4, 1)
         fwd = dq = dk = fixed
@@ -480,7 +497,70 @@ def _row_terms(
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd
+# One call and its autograd Function
+
+
+@dataclass
+class FusedCall:
+    """The kernel inputs and launches of one loss call: what the autograd Function runs, and what
+    the benchmarks time and the static profile compiles, kernel by kernel."""
+
+    ops: Operands
+    plan: KernelPlan
+    settings: LossSettings
+    stats: Tensor  # (4, Nq) float32: lse, l_p, F, Φ (written by the forward kernel)
+
+    @classmethod
+    def prepare(
+        cls,
+        q: Tensor,
+        k: Tensor,
+        thresholds: Tensor | None,
+        partner: Tensor,
+        self_index: Tensor,
+        settings: LossSettings,
+        row_labels: Tensor | None = None,
+        column_labels: Tensor | None = None,
+    ) -> FusedCall:
+        dtype = _kernel_dtype(q.dtype)
+        if q.dtype == torch.float32:
+            precision = fp32_precision()
+        else:  # 16-bit (or, in the interpreter, bfloat16 run as float32)
+            precision = "native" if dtype != torch.float32 else "ieee"
+        soft = settings.uses_threshold and settings.mask == "soft" and thresholds is not None
+        plan = make_plan(dtype, q.shape[1], precision, _INTERPRETED, soft)
+        ops = prepare_operands(q, k, thresholds, partner, self_index, row_labels, column_labels, plan)
+        stats = torch.zeros((4, q.shape[0]), dtype=torch.float32, device=q.device)
+        return cls(ops, plan, settings, stats)
+
+    def forward(self) -> Launch:
+        return forward_launch(self.ops, self.stats, self.settings, self.plan)
+
+    @property
+    def soft(self) -> bool:
+        return self.settings.uses_threshold and self.settings.mask == "soft" and self.ops.has_threshold
+
+    def backward(self, g: Tensor) -> tuple[list[Launch], Tensor, Tensor, Tensor | None]:
+        """The dQ and dK launches for upstream gradient `g` (Nq,) float32, and the float32 buffers
+        they write: dQ, dK (padded rows) and dt (soft mask only)."""
+        lse, partner_logit, fn_count, phi_logit_sum = self.stats.unbind(0)
+        nq, nk = self.ops.q_hi.shape[0], self.ops.k_hi.shape[0]
+        terms = _row_terms(g, self.ops, lse, partner_logit, fn_count, phi_logit_sum, self.settings, self.plan)
+        grad_q = torch.empty((nq, self.plan.stride), dtype=torch.float32, device=g.device)
+        grad_k = torch.empty((nk, self.plan.stride), dtype=torch.float32, device=g.device)
+        grad_thr = torch.empty(nq, dtype=torch.float32, device=g.device) if self.soft else None
+        thr_out = grad_thr if grad_thr is not None else terms.lse2  # never written without a soft mask
+        launches = backward_launches(self.ops, terms, grad_q, grad_k, thr_out, self.settings, self.plan)
+        return launches, grad_q, grad_k, grad_thr
+
+    def add_partner_gradients(self, g: Tensor, grad_q: Tensor, grad_k: Tensor) -> None:
+        """The partner column, outside the tiles: ∂ℓ_i/∂s_ip = (P_p - y_p)/τ, P_p = e^{l_p - lse}. O(N·D)."""
+        lse, partner_logit, fn_count, _ = self.stats.unbind(0)
+        _, partner_label = label_terms(fn_count, self.settings)
+        partner_grad = g * (torch.exp(partner_logit - lse) - partner_label) / self.settings.temperature
+        partner_rows = self.ops.partner.long()
+        grad_q.addcmul_(partner_grad[:, None], self.ops.full_k()[partner_rows])
+        grad_k.index_add_(0, partner_rows, partner_grad[:, None] * self.ops.full_q())
 
 
 class MaskedInfoNCETriton(torch.autograd.Function):
@@ -503,58 +583,25 @@ class MaskedInfoNCETriton(torch.autograd.Function):
         row_labels: Tensor | None,
         column_labels: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        nq, d = q.shape
-        dtype = _kernel_dtype(q.dtype)
-        precision = fp32_precision() if q.dtype == torch.float32 else "native" if dtype != torch.float32 else "ieee"
-        plan = make_plan(dtype, d, precision, _INTERPRETED)
-        ops = prepare_operands(q, k, thresholds, partner, self_index, row_labels, column_labels, plan)
-        stats = torch.empty((4, nq), dtype=torch.float32, device=q.device)
-        forward_launch(ops, stats, settings, plan).run()
-        lse, partner_logit, fn_count, phi_logit_sum = stats.unbind(0)
+        call = FusedCall.prepare(q, k, thresholds, partner, self_index, settings, row_labels, column_labels)
+        call.forward().run()
+        lse, partner_logit, fn_count, phi_logit_sum = call.stats.unbind(0)
         rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
-        ctx.save_for_backward(stats)
-        ctx.ops, ctx.plan, ctx.settings = ops, plan, settings
-        ctx.input_dtype, ctx.d = q.dtype, d
+        ctx.call, ctx.input_dtype, ctx.d = call, q.dtype, q.shape[1]
         ctx.mark_non_differentiable(fn_count)
         return rows_loss, fn_count
 
     @staticmethod
     def backward(ctx: Any, grad_rows: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        (stats,) = ctx.saved_tensors
-        ops: Operands = ctx.ops
-        plan: KernelPlan = ctx.plan
-        settings: LossSettings = ctx.settings
-        lse, partner_logit, fn_count, phi_logit_sum = stats.unbind(0)
-        nq, nk = ops.q_hi.shape[0], ops.k_hi.shape[0]
+        call: FusedCall = ctx.call
         g = grad_rows.to(torch.float32).contiguous()  # a mean's gradient arrives expanded (stride 0)
-        terms = _row_terms(g, ops, lse, partner_logit, fn_count, phi_logit_sum, settings, plan)
-        soft = settings.uses_threshold and settings.mask == "soft" and ops.has_threshold
-        grad_q = torch.empty((nq, plan.stride), dtype=torch.float32, device=g.device)
-        grad_k = torch.empty((nk, plan.stride), dtype=torch.float32, device=g.device)
-        grad_thr = torch.empty(nq, dtype=torch.float32, device=g.device) if soft else terms.lse2
-        for launch in backward_launches(ops, terms, grad_q, grad_k, grad_thr, settings, plan):
+        launches, grad_q, grad_k, grad_thr = call.backward(g)
+        for launch in launches:
             launch.run()
-        # The partner column, outside the tiles: ∂ℓ_i/∂s_ip = (P_p - y_p)/τ with P_p = e^{l_p - lse}.
-        _, partner_label = label_terms(fn_count, settings)
-        partner_grad = g * (torch.exp(partner_logit - lse) - partner_label) / settings.temperature
-        partner_rows = ops.partner.long()
-        q_full, k_full = ops.full_q(), ops.full_k()
-        grad_q.addcmul_(partner_grad[:, None], k_full[partner_rows])
-        grad_k.index_add_(0, partner_rows, partner_grad[:, None] * q_full)
-        grad_thresholds = None
-        if soft and ctx.needs_input_grad[2]:
-            grad_thresholds = grad_thr * g
+        call.add_partner_gradients(g, grad_q, grad_k)
+        grad_thresholds = grad_thr * g if grad_thr is not None and ctx.needs_input_grad[2] else None
         d = ctx.d
-        return (
-            grad_q[:, :d].to(ctx.input_dtype),
-            grad_k[:, :d].to(ctx.input_dtype),
-            grad_thresholds,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return grad_q[:, :d].to(ctx.input_dtype), grad_k[:, :d].to(ctx.input_dtype), grad_thresholds, *([None] * 5)
 
 
 def _kernel_dtype(dtype: torch.dtype) -> torch.dtype:
