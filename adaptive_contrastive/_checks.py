@@ -118,6 +118,28 @@ def thresholds_per_row(threshold: object, batch: int, like: Tensor) -> Tensor:
     )
 
 
+_LABEL_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def check_labels(labels: object, batch: int, device: torch.device) -> Tensor:
+    """Known-positive labels: an integer `(B,)` tensor on the embeddings' device, as int64 (SPEC §8)."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be an integer torch.Tensor of shape ({batch},), got {type(labels).__name__}")
+    if labels.dtype not in _LABEL_DTYPES:
+        raise TypeError(
+            f"labels must have an integer dtype (one class or target id per sequence, negative = unknown), "
+            f"got {labels.dtype}; convert with labels.long()"
+        )
+    if labels.shape != (batch,):
+        raise ValueError(
+            f"labels must have shape ({batch},): one label per sequence, shared by both views, "
+            f"got {tuple(labels.shape)}"
+        )
+    if labels.device != device:
+        raise ValueError(f"labels are on {labels.device} but the embeddings are on {device}")
+    return labels.long()
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every narrower float accumulates in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

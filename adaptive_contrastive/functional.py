@@ -13,6 +13,7 @@ from . import distributed
 from ._checks import (
     check_choice,
     check_embeddings,
+    check_labels,
     check_positive,
     check_unit_closed,
     check_unit_open,
@@ -82,12 +83,15 @@ def _score_rows(
     self_index: Tensor,
     settings: LossSettings,
     backend: str,
+    row_labels: Tensor | None = None,
+    column_labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
+    labels = {} if row_labels is None else {"row_labels": row_labels, "column_labels": column_labels}
     if backend == "triton":
         from .kernels import triton_masked_info_nce_rows
 
-        return triton_masked_info_nce_rows(q, k, thresholds, partner, self_index, settings)
-    return masked_info_nce_rows(q, k, thresholds, partner, self_index, settings)
+        return triton_masked_info_nce_rows(q, k, thresholds, partner, self_index, settings, **labels)
+    return masked_info_nce_rows(q, k, thresholds, partner, self_index, settings, **labels)
 
 
 @dataclass(frozen=True)
@@ -103,33 +107,67 @@ class CandidateLayout:
     partner: Tensor  # (2b,) column of each row's positive
     self_index: Tensor  # (2b,) column of the row itself
     batch: int  # B, sequences over all ranks
+    row_labels: Tensor | None = None  # (2b,) known-positive label of each row, both views alike
+    column_labels: Tensor | None = None  # (N,) the same for every column
 
     @property
     def global_rows(self) -> int:
         return 2 * self.batch
 
 
-def candidate_layout(u1: Tensor, u2: Tensor, gather_distributed: bool = False) -> CandidateLayout:
-    """Lay out embedded views `(b, D)` (see `embed`) for scoring; gathers across ranks if asked."""
+def candidate_layout(
+    u1: Tensor, u2: Tensor, gather_distributed: bool = False, labels: Tensor | None = None
+) -> CandidateLayout:
+    """Lay out embedded views `(b, D)` (see `embed`) for scoring; gathers across ranks if asked.
+
+    `labels` `(b,)` (int64, already checked) are gathered with the rows.
+    """
     b = u1.shape[0]
     rows = torch.cat([u1, u2])
+    row_labels = column_labels = None if labels is None else labels.repeat(2)
     if gather_distributed and distributed.world_size() > 1:
         all1, offset = distributed.gather_rows(u1)
         all2, _ = distributed.gather_rows(u2)
         total = all1.shape[0]
         columns = torch.cat([all1, all2])
+        if labels is not None:
+            column_labels = distributed.gather_rows(labels)[0].repeat(2)
     else:
         offset, total, columns = 0, b, rows
     own = torch.arange(b, device=u1.device) + offset
-    return CandidateLayout(rows, columns, torch.cat([own + total, own]), torch.cat([own, own + total]), total)
+    return CandidateLayout(
+        rows, columns, torch.cat([own + total, own]), torch.cat([own, own + total]), total, row_labels, column_labels
+    )
 
 
 def scored_rows(
     layout: CandidateLayout, thresholds: Tensor | None, settings: LossSettings, backend: str
 ) -> tuple[Tensor, Tensor]:
-    """Row losses and false-negative counts of the layout's rows; `thresholds` one per row."""
+    """Row losses and false-negative counts of the layout's rows; `thresholds` one per row (or None
+    when only the layout's labels decide)."""
     thr = thresholds.to(layout.rows.dtype) if thresholds is not None and settings.uses_threshold else None
-    return _score_rows(layout.rows, layout.columns, thr, layout.partner, layout.self_index, settings, backend)
+    return _score_rows(
+        layout.rows,
+        layout.columns,
+        thr,
+        layout.partner,
+        layout.self_index,
+        settings,
+        backend,
+        layout.row_labels if settings.uses_threshold else None,
+        layout.column_labels if settings.uses_threshold else None,
+    )
+
+
+def known_positive_counts(layout: CandidateLayout) -> Tensor | None:
+    """K_i: how many of row i's candidates share its known label, from the labels alone in
+    O(N log N) (a sort and two searches, no N×N block); None without labels."""
+    if layout.row_labels is None or layout.column_labels is None:
+        return None
+    ordered = layout.column_labels.sort().values
+    same = torch.searchsorted(ordered, layout.row_labels, right=True) - torch.searchsorted(ordered, layout.row_labels)
+    # Every labelled row's own column and its partner's share its label but are no candidates.
+    return torch.where(layout.row_labels >= 0, same - 2, 0)
 
 
 def reduce_rows(rows: Tensor, reduction: str, global_rows: int, world: int = 1) -> Tensor:
@@ -159,6 +197,7 @@ def adaptive_info_nce(
     reduction: str = "mean",
     backend: str = "auto",
     gather_distributed: bool = False,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """Contrastive loss with adaptively constructed pairs (AdaptiveRec, Jeon et al. 2023).
 
@@ -170,8 +209,8 @@ def adaptive_info_nce(
     Args:
         z1, z2: `(B, D)` two views of B >= 2 sequences; row b of z1 pairs with row b of z2.
         threshold: k in similarity units: a float, a 0-d tensor, `(B,)` (shared by both views)
-            or `(2B,)`. Unused by ``keep``, where it may be None. Gets a gradient only with
-            ``mask="soft"``.
+            or `(2B,)`. Unused by ``keep``, where it may be None; None in the other modes means that
+            `labels` alone decide. Gets a gradient only with ``mask="soft"``.
         temperature: τ > 0; logits are s / τ.
         similarity: ``"cos"`` or ``"dot"``.
         false_negatives: ``"keep"``, ``"drop"``, ``"attract"`` or ``"relabel"``.
@@ -181,6 +220,10 @@ def adaptive_info_nce(
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (returns the `(2B,)` row losses).
         backend: ``"auto"`` (Triton for CUDA tensors when importable), ``"reference"`` or ``"triton"``.
         gather_distributed: score local rows against every rank's rows under torch.distributed.
+        labels: optional integer `(B,)` known-positive labels, one per sequence (both views share it;
+            negative = unknown). Two sequences with the same label >= 0 are known false negatives of
+            each other in every mode but ``keep``, which rejects labels; the threshold adds suspects
+            among the other candidates.
 
     Returns:
         The loss, float32 (float64 for float64 inputs): a scalar, or `(2B,)` with ``reduction="none"``.
@@ -192,6 +235,9 @@ def adaptive_info_nce(
         >>> z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
         >>> adaptive_info_nce(z1, z2, 0.5, reduction="none").shape
         torch.Size([8])
+        >>> classes = torch.tensor([0, 1, 0, -1])  # sequences 0 and 2 are known positives
+        >>> adaptive_info_nce(z1, z2, None, false_negatives="drop", labels=classes).shape
+        torch.Size([])
     """
     rows, _, global_rows = _rows_from_public(
         z1,
@@ -205,6 +251,7 @@ def adaptive_info_nce(
         mask_temperature,
         backend,
         gather_distributed,
+        labels,
     )
     world = distributed.world_size() if gather_distributed else 1
     return reduce_rows(rows, check_choice("reduction", reduction, REDUCTIONS), global_rows, world)
@@ -222,22 +269,29 @@ def _rows_from_public(
     mask_temperature: float,
     backend: str,
     gather_distributed: bool,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     gathering = gather_distributed and distributed.world_size() > 1
     z1, z2 = check_embeddings(z1, z2, min_batch=1 if gathering else 2)
     settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
     check_choice("similarity", similarity, SIMILARITIES)
     resolved = resolve_backend(backend, z1.device)
-    if settings.uses_threshold:
-        if threshold is None:
+    if labels is not None:
+        if not settings.uses_threshold:
             raise ValueError(
-                f'false_negatives="{false_negatives}" needs a threshold (a float or a tensor); '
-                'only "keep" works without one'
+                'false_negatives="keep" handles no false negatives and takes no labels; use "drop", '
+                '"attract" or "relabel" for known positives, or leave labels=None'
             )
-        thresholds: Tensor | None = thresholds_per_row(threshold, z1.shape[0], embed(z1[:1], "dot"))
-    else:
-        thresholds = None
-    layout = candidate_layout(embed(z1, similarity), embed(z2, similarity), gather_distributed)
+        labels = check_labels(labels, z1.shape[0], z1.device)
+    thresholds: Tensor | None = None
+    if settings.uses_threshold and threshold is not None:
+        thresholds = thresholds_per_row(threshold, z1.shape[0], embed(z1[:1], "dot"))
+    elif settings.uses_threshold and labels is None:
+        raise ValueError(
+            f'false_negatives="{false_negatives}" needs a threshold (a float or a tensor) or labels; '
+            'only "keep" works without either'
+        )
+    layout = candidate_layout(embed(z1, similarity), embed(z2, similarity), gather_distributed, labels)
     rows, counts = scored_rows(layout, thresholds, settings, resolved)
     return rows, counts, layout.global_rows
 

@@ -17,12 +17,21 @@ from . import distributed
 from ._checks import (
     check_choice,
     check_embeddings,
+    check_labels,
     check_non_negative,
     check_unit_open,
     thresholds_per_row,
 )
 from ._modes import REDUCTIONS, SIMILARITIES
-from .functional import candidate_layout, embed, make_settings, reduce_rows, resolve_backend, scored_rows
+from .functional import (
+    candidate_layout,
+    embed,
+    known_positive_counts,
+    make_settings,
+    reduce_rows,
+    resolve_backend,
+    scored_rows,
+)
 from .threshold import DEFAULT_MAX_PAIRS, ThresholdNet, candidate_similarity_quantile
 
 UPDATES = ("epoch", "ema")
@@ -39,7 +48,10 @@ class Diagnostics:
         k_learn: `(B,)` ThresholdNet output, or None without a ThresholdNet.
         k_stat: the batch's q-quantile of candidate similarities.
         k_bar: the target k̄_stat (NaN while none exists).
-        false_negative_fraction: mean over rows of F_i / (N - 2), the share of candidates suspected.
+        false_negative_fraction: mean over rows of F_i / (N - 2), the share of candidates treated as
+            false negatives (known positives included).
+        known_positive_fraction: the share of candidates that are known positives (from ``labels``;
+            0 without labels). `suspected_fraction` is the rest of `false_negative_fraction`.
         loss_learn: L_learn, the contrastive part.
         loss_reg: L_reg, the threshold regulariser (0 while no k̄_stat exists).
         mode: the false-negative mode the call actually used (``keep`` during warmup).
@@ -55,6 +67,14 @@ class Diagnostics:
     loss_reg: Tensor
     mode: str
     epoch: int
+    known_positive_fraction: Tensor | None = None
+
+    @property
+    def suspected_fraction(self) -> Tensor:
+        """Share of candidates flagged by the threshold alone (false negatives that are not known)."""
+        if self.known_positive_fraction is None:
+            return self.false_negative_fraction
+        return self.false_negative_fraction - self.known_positive_fraction
 
 
 class AdaptiveInfoNCE(nn.Module):
@@ -67,7 +87,10 @@ class AdaptiveInfoNCE(nn.Module):
     Args:
         dim: embedding width D; builds ``ThresholdNet(dim)`` when `threshold` is left as ``"learn"``.
         threshold: ``"learn"`` (default: a new ThresholdNet), a ThresholdNet or any module mapping
-            `(B, D)` to `(B,)`, a fixed float, or None to use k̄_stat itself as the threshold.
+            `(B, D)` to `(B,)`, a fixed float, None to use k̄_stat itself as the threshold, or
+            ``"labels"`` for no threshold at all: only the known positives passed to `forward` as
+            ``labels`` count as false negatives (the oracle of a synthetic study, or DuoRec with its
+            same-target pairs masked).
         temperature: τ > 0.
         similarity: ``"cos"`` (default) or ``"dot"``.
         false_negatives: ``"attract"`` (default), ``"drop"``, ``"relabel"`` or ``"keep"``.
@@ -148,9 +171,13 @@ class AdaptiveInfoNCE(nn.Module):
 
         self.threshold_net: nn.Module | None = None
         self.fixed_threshold: float | None = None
-        if isinstance(threshold, str):
+        self.labels_only = threshold == "labels"
+        if self.labels_only:
+            if not self.settings.uses_threshold:
+                raise ValueError('threshold="labels" needs a mode that handles false negatives, not "keep"')
+        elif isinstance(threshold, str):
             if threshold != "learn":
-                raise ValueError(f'threshold={threshold!r}: pass "learn", a module, a float or None')
+                raise ValueError(f'threshold={threshold!r}: pass "learn", "labels", a module, a float or None')
             if dim is None:
                 raise ValueError('AdaptiveInfoNCE(threshold="learn") builds ThresholdNet(dim): pass dim=D')
             self.threshold_net = ThresholdNet(dim, similarity=similarity)
@@ -198,18 +225,33 @@ class AdaptiveInfoNCE(nn.Module):
         self.k_sum += k_stat
         self.k_count += 1
 
-    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        """L_cl for two views `(B, D)` of B sequences (scalar unless ``reduction="none"``)."""
+    def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> Tensor:
+        """L_cl for two views `(B, D)` of B sequences (scalar unless ``reduction="none"``).
+
+        `labels`: optional integer `(B,)` known-positive labels, one per sequence (negative =
+        unknown): sequences sharing a label >= 0 are false negatives of each other, whatever the
+        threshold says. Required with ``threshold="labels"``; rejected in ``keep`` mode.
+        """
         world = distributed.world_size() if self.gather_distributed else 1
         gather = world > 1
         z1, z2 = check_embeddings(z1, z2, min_batch=1 if gather else 2)
         backend = resolve_backend(self.backend, z1.device)
-        layout = candidate_layout(embed(z1, self.similarity), embed(z2, self.similarity), gather)
+        if labels is not None:
+            if not self.settings.uses_threshold:
+                raise ValueError(
+                    'false_negatives="keep" handles no false negatives and takes no labels; use "drop", '
+                    '"attract" or "relabel" for known positives, or leave labels=None'
+                )
+            labels = check_labels(labels, z1.shape[0], z1.device)
+        elif self.labels_only:
+            raise ValueError('AdaptiveInfoNCE(threshold="labels") needs labels: call loss_fn(z1, z2, labels=...)')
+        layout = candidate_layout(embed(z1, self.similarity), embed(z2, self.similarity), gather, labels)
         columns = layout.columns.detach()
         batch_k_stat = candidate_similarity_quantile(columns, self.quantile, self.max_pairs)
         self._record_k_stat(batch_k_stat)
 
-        warm = int(self.epochs_done) < self.warmup_epochs
+        # Warm-up collects k_stat before a threshold that depends on it is used; labels alone need none.
+        warm = int(self.epochs_done) < self.warmup_epochs and not self.labels_only
         calibrate = getattr(self.threshold_net, "calibrate", None)
         if not warm and callable(calibrate) and not bool(self.calibrated):
             # First use of the learned threshold: start it at k̄_stat (or, with no target yet, at
@@ -230,17 +272,20 @@ class AdaptiveInfoNCE(nn.Module):
             k: Tensor | float | None = k_learn
         elif self.fixed_threshold is not None:
             k = self.fixed_threshold
+        elif self.labels_only:
+            k = None
         else:
             k = self.k_bar if self.has_target else None
 
         settings = self.settings
-        if warm or k is None:
+        if warm:
+            k = None  # no threshold yet: the known positives alone, or plain InfoNCE without them
+        if k is None and labels is None:
             settings = make_settings(
                 settings.temperature, "keep", settings.positive_weight, settings.mask, settings.mask_temperature
             )
         thresholds = None
-        if settings.uses_threshold:
-            assert k is not None
+        if settings.uses_threshold and k is not None:
             thresholds = thresholds_per_row(k, z1.shape[0], layout.rows)
             if settings.mask == "hard":
                 thresholds = thresholds.detach()
@@ -257,6 +302,7 @@ class AdaptiveInfoNCE(nn.Module):
         loss = loss_learn + self.reg_weight * loss_reg
 
         n_rows = rows.shape[0]
+        known = known_positive_counts(layout)
         self.last = Diagnostics(
             k=thresholds.detach()
             if thresholds is not None
@@ -269,6 +315,7 @@ class AdaptiveInfoNCE(nn.Module):
             loss_reg=loss_reg.detach(),
             mode=settings.false_negatives,
             epoch=int(self.epochs_done),
+            known_positive_fraction=None if known is None else known.to(rows.dtype).mean() / max(global_rows - 2, 1),
         )
         return loss
 

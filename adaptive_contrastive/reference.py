@@ -10,6 +10,7 @@ Forward, for row i with s_j = q_i·k_j and l_j = s_j/τ, over candidates C(i) (a
 self and partner):
 
     ν_j = [s_j <= k_i]  (hard)  or  sigmoid((k_i - s_j)/β)  (soft);   φ_j = 1 - ν_j;  F = Σ_C φ_j
+    with known positives κ_j = [label_i = label_j >= 0]:  ν_j ← (1 - κ_j) ν_j  (no threshold: ν_j = 1 - κ_j)
     w_j = ν_j for drop/attract, 1 for keep/relabel;  w_partner = 1
     lse = log Σ_j w_j e^{l_j}
     y_j = (1-α) φ_j / max(F, 1) for attract/relabel (0 otherwise);  y_partner = 1 - Σ_C y_j
@@ -71,16 +72,38 @@ def _row_chunk(num_rows: int, num_cols: int) -> int:
 
 
 def _negative_weights(
-    s: Tensor, thr: Tensor, rows: Tensor, partner: Tensor, self_index: Tensor, settings: LossSettings
+    s: Tensor,
+    thr: Tensor | None,
+    known: Tensor | None,
+    rows: Tensor,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
 ) -> Tensor:
-    """ν of a block on C(i), zero on the self and partner columns; bool (hard) or float (soft)."""
-    if settings.mask == "hard":
+    """ν of a block on C(i), zero on the self and partner columns and on known positives; bool (hard,
+    or labels alone when there is no threshold) or float (soft)."""
+    if thr is None:
+        assert known is not None
+        nu = ~known
+    elif settings.mask == "hard":
         nu = s <= thr[:, None]
+        if known is not None:
+            nu &= ~known
     else:
         nu = torch.sigmoid((thr[:, None] - s) / settings.mask_temperature)
+        if known is not None:
+            nu.masked_fill_(known, 0.0)
     nu[rows, self_index] = 0
     nu[rows, partner] = 0
     return nu
+
+
+def known_positives(row_labels: Tensor, column_labels: Tensor) -> Tensor:
+    """κ of a block: True where a column shares the row's known (non-negative) label, SPEC §8.
+
+    Self and partner columns are True too when labelled; every caller treats them separately.
+    """
+    return (row_labels[:, None] == column_labels[None, :]) & (row_labels >= 0)[:, None]
 
 
 def _denominator_logits(
@@ -145,24 +168,33 @@ def label_centre(fn_count: Tensor, partner_logit: Tensor, phi_logit_sum: Tensor)
 
 class MaskedInfoNCEFunction(torch.autograd.Function):
     """Dense masked InfoNCE. Saves the softmax P and the mask ν (the reference path trades
-    O(Nq·Nk) memory for speed; the Triton backend recomputes instead) and per-row statistics."""
+    O(Nq·Nk) memory for speed; the Triton backend recomputes instead) and per-row statistics.
+
+    Written in the ``setup_context`` form so that ``torch.func`` transforms accept it; the
+    intermediates it saves are extra (non-differentiable) outputs that `masked_info_nce_rows` drops.
+    Under ``create_graph=True`` the backward differentiates `dense_rows` instead, so higher-order
+    gradients are exact.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
         q: Tensor,
         k: Tensor,
         thresholds: Tensor | None,
         partner: Tensor,
         self_index: Tensor,
         settings: LossSettings,
-    ) -> tuple[Tensor, Tensor]:
+        row_labels: Tensor | None,
+        column_labels: Tensor | None,
+    ) -> tuple[Tensor, ...]:
         n, n_cols = q.shape[0], k.shape[0]
         thr = None if thresholds is None else thresholds.to(q.dtype)
+        labelled = row_labels is not None and column_labels is not None
+        soft = settings.mask == "soft" and thr is not None
         prob = q.new_empty((n, n_cols))
         nu_all: Tensor | None = None
         if settings.uses_threshold:
-            nu_all = torch.empty((n, n_cols), dtype=torch.bool if settings.mask == "hard" else q.dtype, device=q.device)
+            nu_all = torch.empty((n, n_cols), dtype=q.dtype if soft else torch.bool, device=q.device)
         lse = q.new_empty(n)
         partner_logit = q.new_empty(n)
         fn_count = q.new_zeros(n)
@@ -175,10 +207,13 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
             logits = q[sl] @ k.T
             nu = log_nu = None
             if nu_all is not None:
-                assert thr is not None
-                nu = _negative_weights(logits, thr[sl], rows, p_sl, s_sl, settings)
-                if settings.mask == "soft" and settings.masks_denominator:
+                known = known_positives(row_labels[sl], column_labels) if labelled else None  # type: ignore[index]
+                nu = _negative_weights(logits, None if thr is None else thr[sl], known, rows, p_sl, s_sl, settings)
+                if soft and settings.masks_denominator:
+                    assert thr is not None
                     log_nu = F.logsigmoid((thr[sl, None] - logits) / settings.mask_temperature)
+                    if known is not None:
+                        log_nu.masked_fill_(known, float("-inf"))
                 nu_all[sl] = nu
                 if nu.dtype == torch.bool:
                     fn_count[sl] = (n_cols - 2) - nu.sum(1, dtype=q.dtype)
@@ -199,20 +234,29 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
             lse[sl] = (row_max + total.log()).squeeze(1)
             torch.div(exp, total, out=prob[sl])
         rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
-        ctx.save_for_backward(
-            q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum
-        )
-        ctx.settings = settings
-        ctx.mark_non_differentiable(fn_count)
-        return rows_loss, fn_count
+        return rows_loss, fn_count, prob, nu_all, lse, partner_logit, phi_logit_sum
 
     @staticmethod
-    def backward(ctx: Any, grad_rows: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        (q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum) = (
-            ctx.saved_tensors
-        )
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        q, k, thresholds, partner, self_index, settings, row_labels, column_labels = inputs
+        _, fn_count, prob, nu_all, lse, partner_logit, phi_logit_sum = output
+        ctx.save_for_backward(
+            q, k, thresholds, partner, self_index, row_labels, column_labels,
+            prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum,
+        )  # fmt: skip
+        ctx.settings = settings
+        ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
+
+    @staticmethod
+    def backward(ctx: Any, grad_rows: Tensor, *_unused: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (q, k, thresholds, partner, self_index, row_labels, column_labels, prob, nu_all, lse, partner_logit,
+         fn_count, phi_logit_sum) = ctx.saved_tensors  # fmt: skip
         settings: LossSettings = ctx.settings
-        soft = settings.mask == "soft" and settings.uses_threshold
+        if torch.is_grad_enabled():
+            return _differentiable_backward(
+                ctx, q, k, thresholds, partner, self_index, settings, row_labels, column_labels, grad_rows
+            )
+        soft = settings.mask == "soft" and settings.uses_threshold and thresholds is not None
         grad_thr = torch.zeros_like(lse) if soft else None
         spread, partner_label = label_terms(fn_count, settings)
         centre = label_centre(fn_count, partner_logit, phi_logit_sum)
@@ -240,7 +284,8 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
             dsim = dlogits.mul_(1.0 / settings.temperature)
             if soft:
                 assert nu is not None and grad_thr is not None
-                # D = ∂ℓ/∂ν · νφ/β, zero off C(i) because ν is zero on the self and partner columns.
+                # D = ∂ℓ/∂ν · νφ/β, zero off C(i) because ν is zero on the self and partner columns
+                # (and on known positives, whose ν does not depend on the threshold).
                 # The denominator's part ν·e^{l-lse} is P itself: e^{l-lse} alone can overflow
                 # where ν has underflowed to 0.
                 phi = 1 - nu
@@ -260,7 +305,87 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
             grad_k.addmm_(dsim.T, q[sl])
         if grad_thr is not None and thresholds is not None:
             grad_thr = grad_thr.to(thresholds.dtype)
-        return grad_q, grad_k, grad_thr, None, None, None
+        return grad_q, grad_k, grad_thr, None, None, None, None, None
+
+
+def dense_rows(
+    q: Tensor,
+    k: Tensor,
+    thresholds: Tensor | None,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
+    row_labels: Tensor | None = None,
+    column_labels: Tensor | None = None,
+) -> Tensor:
+    """The row losses of SPEC §3 in plain differentiable torch ops on the whole Nq×Nk block.
+
+    Slower and hungrier than `MaskedInfoNCEFunction`; it exists so that gradients of gradients are
+    exact (autograd differentiates it again) and as a second, independent spelling of the math.
+    """
+    n, n_cols = q.shape[0], k.shape[0]
+    rows = torch.arange(n, device=q.device)
+    sims = q @ k.T
+    logits = sims / settings.temperature
+    columns = torch.arange(n_cols, device=q.device)
+    candidate = (columns[None, :] != self_index[:, None]) & (columns[None, :] != partner[:, None])
+    partner_logit = logits[rows, partner]
+    if not settings.uses_threshold:
+        denom = logits.masked_fill(~candidate, float("-inf")).scatter(1, partner[:, None], partner_logit[:, None])
+        return torch.logsumexp(denom, dim=1) - partner_logit
+    known = None
+    if row_labels is not None and column_labels is not None:
+        known = known_positives(row_labels, column_labels) & candidate
+    if thresholds is None:
+        assert known is not None
+        nu = (~known & candidate).to(q.dtype)
+        log_nu = torch.where(nu > 0, 0.0, float("-inf")).to(q.dtype)
+    elif settings.mask == "hard":
+        below = (sims <= thresholds[:, None]) & candidate
+        if known is not None:
+            below &= ~known
+        nu = below.to(q.dtype)
+        log_nu = torch.where(below, 0.0, float("-inf")).to(q.dtype)
+    else:
+        x = (thresholds[:, None] - sims) / settings.mask_temperature
+        keep = candidate if known is None else candidate & ~known
+        nu = torch.sigmoid(x) * keep
+        log_nu = F.logsigmoid(x).masked_fill(~keep, float("-inf"))
+    phi = (1 - nu) * candidate
+    fn_count = phi.sum(1)
+    if settings.masks_denominator:
+        denom = (logits + log_nu).masked_fill(~candidate, float("-inf"))
+    else:
+        denom = logits.masked_fill(~candidate, float("-inf"))
+    denom = denom.scatter(1, partner[:, None], partner_logit[:, None])
+    lse = torch.logsumexp(denom, dim=1)
+    phi_logit_sum = (phi * logits).sum(1)
+    return row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
+
+
+def _differentiable_backward(
+    ctx: Any,
+    q: Tensor,
+    k: Tensor,
+    thresholds: Tensor | None,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
+    row_labels: Tensor | None,
+    column_labels: Tensor | None,
+    grad_rows: Tensor,
+) -> tuple[Tensor | None, ...]:
+    """The backward under ``create_graph=True``: autograd through `dense_rows`, so that the returned
+    gradients are themselves differentiable (w.r.t. the inputs and the upstream gradient)."""
+    wanted = [t for t, need in zip((q, k, thresholds), ctx.needs_input_grad[:3], strict=True) if need]
+    soft = settings.mask == "soft" and settings.uses_threshold
+    thr = thresholds if soft or thresholds is None else thresholds.detach()
+    rows = dense_rows(q, k, thr, partner, self_index, settings, row_labels, column_labels)
+    grads = iter(torch.autograd.grad(rows, wanted, grad_outputs=grad_rows, create_graph=True, allow_unused=True))
+    out = [next(grads) if need else None for need in ctx.needs_input_grad[:3]]
+    if out[2] is None and ctx.needs_input_grad[2] and thresholds is not None:
+        out[2] = torch.zeros_like(thresholds)
+    return (*out, None, None, None, None, None)
 
 
 def masked_info_nce_rows(
@@ -270,10 +395,15 @@ def masked_info_nce_rows(
     partner: Tensor,
     self_index: Tensor,
     settings: LossSettings,
+    row_labels: Tensor | None = None,
+    column_labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row loss and suspected-false-negative count F (no gradient) on the reference path.
+    """Per-row loss and false-negative count F (no gradient) on the reference path.
 
     Inputs are already validated and in the compute dtype (float32 or float64); ``q`` and ``k``
-    already normalised for cosine similarity. ``thresholds`` is ``(Nq,)`` or None for ``keep``.
+    already normalised for cosine similarity. ``thresholds`` is ``(Nq,)``, or None for ``keep`` and
+    for labels alone. ``row_labels`` `(Nq,)` and ``column_labels`` `(Nk,)` (int64, negative =
+    unknown) mark known positives (SPEC §8); both or neither.
     """
-    return MaskedInfoNCEFunction.apply(q, k, thresholds, partner, self_index, settings)  # type: ignore[no-any-return]
+    out = MaskedInfoNCEFunction.apply(q, k, thresholds, partner, self_index, settings, row_labels, column_labels)
+    return out[0], out[1]

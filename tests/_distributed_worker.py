@@ -68,7 +68,8 @@ def run_functional(sc: dict, rank: int) -> dict:
     k = local_threshold(sc["threshold"], sizes, rank)
     if isinstance(k, torch.Tensor):
         k = k.clone().requires_grad_(sc.get("threshold_grad", False))
-    out = adaptive_info_nce(z1, z2, k, gather_distributed=True, **sc["kwargs"])
+    labels = None if sc.get("labels") is None else local_rows(sc["labels"], sizes, rank)
+    out = adaptive_info_nce(z1, z2, k, gather_distributed=True, labels=labels, **sc["kwargs"])
     if out.dim() == 0:
         out.backward()
     else:
@@ -89,7 +90,8 @@ def run_module(sc: dict, rank: int) -> dict:
     loss_fn.load_state_dict(sc["state"])
     z1 = local_rows(sc["z1"], sizes, rank).clone().requires_grad_(True)
     z2 = local_rows(sc["z2"], sizes, rank).clone().requires_grad_(True)
-    loss = loss_fn(z1, z2)
+    labels = None if sc.get("labels") is None else local_rows(sc["labels"], sizes, rank)
+    loss = loss_fn(z1, z2, labels=labels)
     loss.backward()
     last = loss_fn.last
     return {
@@ -104,6 +106,8 @@ def run_module(sc: dict, rank: int) -> dict:
         "loss_reg": last.loss_reg,
         "k_sum": loss_fn.k_sum.clone(),
         "mode": last.mode,
+        "false_negative_fraction": last.false_negative_fraction,
+        "known_positive_fraction": last.known_positive_fraction,
     }
 
 

@@ -145,11 +145,24 @@ def _dscores(
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, THR, PARTNER, SELF,  # inputs
-    LSE, LP, FN, PHIL,  # outputs: lse_i, l_p, F_i, Φ_i (float32, one per row)
-    stride_qm, stride_qd, stride_kn, stride_kd,
-    Nq, Nk, D,
-    inv_tau, inv_beta,
+    Q,
+    K,
+    THR,
+    PARTNER,
+    SELF,  # inputs
+    LSE,
+    LP,
+    FN,
+    PHIL,  # outputs: lse_i, l_p, F_i, Φ_i (float32, one per row)
+    stride_qm,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    Nq,
+    Nk,
+    D,
+    inv_tau,
+    inv_beta,
     N_BUCKET,  # autotune key only: a coarse log-size of Nk
     USES_THRESHOLD: tl.constexpr,
     HARD_MASK: tl.constexpr,
@@ -214,8 +227,16 @@ def _fwd_kernel(
 
 @triton.jit
 def _load_row_terms(
-    THR, PARTNER, SELF, LSE, G, SPREAD, YP, CENTRE,
-    offs_m, row_ok,
+    THR,
+    PARTNER,
+    SELF,
+    LSE,
+    G,
+    SPREAD,
+    YP,
+    CENTRE,
+    offs_m,
+    row_ok,
     BLOCK_M: tl.constexpr,
     USES_THRESHOLD: tl.constexpr,
 ):
@@ -236,12 +257,28 @@ def _load_row_terms(
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, THR, PARTNER, SELF,
-    LSE, G, SPREAD, YP, CENTRE,  # per-row float32: lse, upstream grad, σ_i, y_p, c_i
-    DQ, DTHR,  # outputs: (Nq, D) float32 and (Nq,) float32
-    stride_qm, stride_qd, stride_kn, stride_kd, stride_dqm,
-    Nq, Nk, D,
-    inv_tau, inv_beta,
+    Q,
+    K,
+    THR,
+    PARTNER,
+    SELF,
+    LSE,
+    G,
+    SPREAD,
+    YP,
+    CENTRE,  # per-row float32: lse, upstream grad, σ_i, y_p, c_i
+    DQ,
+    DTHR,  # outputs: (Nq, D) float32 and (Nq,) float32
+    stride_qm,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    stride_dqm,
+    Nq,
+    Nk,
+    D,
+    inv_tau,
+    inv_beta,
     N_BUCKET,
     USES_THRESHOLD: tl.constexpr,
     HARD_MASK: tl.constexpr,
@@ -281,8 +318,22 @@ def _bwd_dq_kernel(
             s, thr, partner, self_idx, offs_n, Nk, inv_tau, inv_beta, USES_THRESHOLD, HARD_MASK, MASKS_DENOM
         )
         ds, dthr_tile = _dscores(
-            logit, z, nu, phi, is_partner, lse, spread, partner_label, centre, g, inv_tau, inv_beta,
-            USES_THRESHOLD, HARD_MASK, MASKS_DENOM, SOFT_LABELS,
+            logit,
+            z,
+            nu,
+            phi,
+            is_partner,
+            lse,
+            spread,
+            partner_label,
+            centre,
+            g,
+            inv_tau,
+            inv_beta,
+            USES_THRESHOLD,
+            HARD_MASK,
+            MASKS_DENOM,
+            SOFT_LABELS,
         )
         # Padding columns have phi = 0 and z = -inf, so ds is already 0 there.
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -298,12 +349,27 @@ def _bwd_dq_kernel(
 
 @triton.jit
 def _bwd_dk_kernel(
-    Q, K, THR, PARTNER, SELF,
-    LSE, G, SPREAD, YP, CENTRE,
+    Q,
+    K,
+    THR,
+    PARTNER,
+    SELF,
+    LSE,
+    G,
+    SPREAD,
+    YP,
+    CENTRE,
     DK,  # output: (Nk, D) float32
-    stride_qm, stride_qd, stride_kn, stride_kd, stride_dkn,
-    Nq, Nk, D,
-    inv_tau, inv_beta,
+    stride_qm,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    stride_dkn,
+    Nq,
+    Nk,
+    D,
+    inv_tau,
+    inv_beta,
     N_BUCKET,
     USES_THRESHOLD: tl.constexpr,
     HARD_MASK: tl.constexpr,
@@ -343,8 +409,22 @@ def _bwd_dk_kernel(
             s, thr, partner, self_idx, offs_n, Nk, inv_tau, inv_beta, USES_THRESHOLD, HARD_MASK, MASKS_DENOM
         )
         ds, _ = _dscores(
-            logit, z, nu, phi, is_partner, lse, spread, partner_label, centre, g, inv_tau, inv_beta,
-            USES_THRESHOLD, HARD_MASK, MASKS_DENOM, SOFT_LABELS,
+            logit,
+            z,
+            nu,
+            phi,
+            is_partner,
+            lse,
+            spread,
+            partner_label,
+            centre,
+            g,
+            inv_tau,
+            inv_beta,
+            USES_THRESHOLD,
+            HARD_MASK,
+            MASKS_DENOM,
+            SOFT_LABELS,
         )
         # Padding rows have g = 0, so their ds rows are 0 and add nothing to dk.
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
@@ -502,11 +582,29 @@ class MaskedInfoNCETriton(torch.autograd.Function):
         thr = thresholds if thresholds is not None else lse  # never read without a threshold
         common = _common_args(q, k, settings)
         _launch(
-            _fwd_kernel, _fwd_kernel_tuned, q.is_cuda, "BLOCK_M", nq,
-            q, k, thr, partner, self_index,
-            lse, partner_logit, fn_count, phi_logit_sum,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-            nq, nk, d, *common["scalars"], **common["meta"],
+            _fwd_kernel,
+            _fwd_kernel_tuned,
+            q.is_cuda,
+            "BLOCK_M",
+            nq,
+            q,
+            k,
+            thr,
+            partner,
+            self_index,
+            lse,
+            partner_logit,
+            fn_count,
+            phi_logit_sum,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            nq,
+            nk,
+            d,
+            *common["scalars"],
+            **common["meta"],
         )
         rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
         ctx.save_for_backward(q, k, thresholds, partner, self_index, lse, partner_logit, fn_count, phi_logit_sum)
@@ -534,14 +632,37 @@ class MaskedInfoNCETriton(torch.autograd.Function):
         row_inputs = (q, k, thr, partner, self_index, lse, g, spread, partner_label, centre)
         strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1))
         _launch(
-            _bwd_dq_kernel, _bwd_dq_kernel_tuned, q.is_cuda, "BLOCK_M", nq,
-            *row_inputs, grad_q, grad_thr, *strides, grad_q.stride(0),
-            nq, nk, d, *common["scalars"], **common["meta"],
+            _bwd_dq_kernel,
+            _bwd_dq_kernel_tuned,
+            q.is_cuda,
+            "BLOCK_M",
+            nq,
+            *row_inputs,
+            grad_q,
+            grad_thr,
+            *strides,
+            grad_q.stride(0),
+            nq,
+            nk,
+            d,
+            *common["scalars"],
+            **common["meta"],
         )
         _launch(
-            _bwd_dk_kernel, _bwd_dk_kernel_tuned, q.is_cuda, "BLOCK_N", nk,
-            *row_inputs, grad_k, *strides, grad_k.stride(0),
-            nq, nk, d, *common["scalars"], **common["meta"],
+            _bwd_dk_kernel,
+            _bwd_dk_kernel_tuned,
+            q.is_cuda,
+            "BLOCK_N",
+            nk,
+            *row_inputs,
+            grad_k,
+            *strides,
+            grad_k.stride(0),
+            nq,
+            nk,
+            d,
+            *common["scalars"],
+            **common["meta"],
         )
         grad_thresholds = None
         if soft and thresholds is not None and ctx.needs_input_grad[2]:
@@ -606,9 +727,7 @@ def triton_masked_info_nce_rows(
     if settings.uses_threshold and thresholds is not None:
         thr = thresholds if thresholds.dtype == torch.float32 else thresholds.to(torch.float32)
         thr = thr.contiguous()
-    rows_loss, fn_count = MaskedInfoNCETriton.apply(
-        q, k, thr, partner.contiguous(), self_index.contiguous(), settings
-    )
+    rows_loss, fn_count = MaskedInfoNCETriton.apply(q, k, thr, partner.contiguous(), self_index.contiguous(), settings)
     return rows_loss.to(out_dtype), fn_count.to(out_dtype)
 
 
