@@ -46,6 +46,7 @@ from views import CONTRASTS, SameTargetSampler  # noqa: E402
 
 LOSSES = ("none", "duorec", "adaptive")
 FALSE_NEGATIVES = ("attract", "drop", "relabel")
+KNOWN_POSITIVES = ("none", "same-target", "intent")
 DEFAULT_EPOCHS = {"synthetic": 20, "ml-1m": 300, "beauty": 300}
 # Arguments that may change between a run and its --resume.
 RESUMABLE = {"resume", "epochs", "patience", "device", "out", "threads", "quiet", "stats_only", "download", "data_path"}
@@ -71,7 +72,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="none = SASRec, duorec = plain InfoNCE, adaptive = AdaptiveRec",
     )
     p.add_argument("--contrast", choices=CONTRASTS, default="us_x", help="DuoRec's views")
-    p.add_argument("--false-negatives", choices=FALSE_NEGATIVES, default="attract", help="AdaptiveInfoNCE mode")
+    p.add_argument(
+        "--false-negatives",
+        choices=FALSE_NEGATIVES,
+        default=None,
+        help="AdaptiveInfoNCE mode (default: attract; drop for --loss duorec with --known-positives)",
+    )
+    p.add_argument(
+        "--known-positives",
+        choices=KNOWN_POSITIVES,
+        default="none",
+        help="in-batch pairs known to be false negatives: same-target = sequences with the same target item; "
+        "intent = the true latent intent (synthetic data only: the oracle)",
+    )
     p.add_argument("--mask", choices=("hard", "soft"), default="hard")
     p.add_argument(
         "--threshold-arch",
@@ -115,6 +128,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.similarity is None:
         args.similarity = "dot" if args.loss == "duorec" else "cos"
+    if args.false_negatives is None:
+        # DuoRec with known positives masks them out of its denominator; AdaptiveRec attracts its suspects.
+        args.false_negatives = "drop" if args.loss == "duorec" and args.known_positives != "none" else "attract"
+    if args.known_positives == "intent" and args.dataset != "synthetic":
+        p.error("--known-positives intent needs the true intents of --dataset synthetic; use same-target")
+    if args.known_positives != "none" and args.loss == "none":
+        p.error("--known-positives needs a contrastive loss (--loss duorec or adaptive)")
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS[args.dataset]
     if args.out is None:
@@ -138,6 +158,13 @@ def build_loss(args: argparse.Namespace, dim: int) -> AdaptiveInfoNCE | None:
     if args.loss == "none":
         return None
     if args.loss == "duorec":
+        if args.known_positives != "none":  # InfoNCE with its known false negatives handled, no threshold
+            return AdaptiveInfoNCE(
+                threshold="labels",
+                false_negatives=args.false_negatives,
+                temperature=args.temperature,
+                similarity=args.similarity,
+            )
         return AdaptiveInfoNCE(
             threshold=None, false_negatives="keep", temperature=args.temperature, similarity=args.similarity
         )
@@ -245,6 +272,22 @@ class Trainer:
         z1, z2 = views[-2], views[-1]  # un, su: the first pass is also z1; us_x: a fresh dropout view
         return views[0], z1, z2, partners
 
+    def known_positive_labels(self, rows: np.ndarray) -> Tensor | None:
+        """`(B,)` labels of the batch's sequences for the loss (``--known-positives``), or None.
+
+        ``same-target``: the target item of each sequence (its same-target partner view shares it);
+        ``intent``: the latent intent of the sequence's user (synthetic data).
+        """
+        kind = self.args.known_positives
+        if kind == "none":
+            return None
+        if kind == "same-target":
+            values = self.train_set.target[rows]
+        else:
+            assert self.data.intents is not None
+            values = self.data.intents[self.train_set.user[rows]]
+        return torch.as_tensor(values, device=self.device)
+
     def _labels(self, rows: np.ndarray, partners: np.ndarray) -> Tensor | None:
         intents = self.data.intents
         if intents is None:
@@ -276,9 +319,10 @@ class Trainer:
             loss = ce
             if self.loss_fn is not None:
                 assert z1 is not None and z2 is not None
-                cl = self.loss_fn(z1, z2)
+                known = self.known_positive_labels(rows)
+                cl = self.loss_fn(z1, z2, labels=known)
                 loss = ce + args.lmd * cl
-                self._record(meter, z1, z2, self._labels(rows, partners), cl)
+                self._record(meter, z1, z2, self._labels(rows, partners), cl, known)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -288,9 +332,17 @@ class Trainer:
             self.loss_fn.end_epoch()
         return meter.summary()
 
-    def _record(self, meter: diagnostics.EpochMeter, z1: Tensor, z2: Tensor, labels: Tensor | None, cl: Tensor) -> None:
+    def _record(
+        self,
+        meter: diagnostics.EpochMeter,
+        z1: Tensor,
+        z2: Tensor,
+        labels: Tensor | None,
+        cl: Tensor,
+        known: Tensor | None = None,
+    ) -> None:
         """Per-batch diagnostics from the loss's `last` (k_stat, k_learn, k, suspected share) and, with
-        true intents, the false-negative counts of the rows' thresholds."""
+        true intents, the false-negative counts of what the loss flagged (threshold and known positives)."""
         assert self.loss_fn is not None
         last = self.loss_fn.last
         assert last is not None
@@ -305,10 +357,12 @@ class Trainer:
             k_learn_std=None if k_learn is None else float(k_learn.std()),
             k=float(last.k.mean()),
             suspected_fraction=float(last.false_negative_fraction),
+            known_fraction=None if last.known_positive_fraction is None else float(last.known_positive_fraction),
         )
         if labels is not None and last.mode != "keep":
             sims = diagnostics.similarities(z1.detach(), z2.detach(), self.args.similarity)
-            meter.add_false_negatives(diagnostics.false_negative_counts(sims, last.k.float(), labels))
+            row_known = None if known is None else known.repeat(2)
+            meter.add_false_negatives(diagnostics.false_negative_counts(sims, last.k.float(), labels, row_known))
 
     # -------------------------------------------------------------------------------- probe
     def _probe_rows(self) -> tuple[np.ndarray, np.ndarray]:
