@@ -12,6 +12,7 @@ from torch import Tensor
 from . import distributed
 from ._checks import (
     check_choice,
+    check_count,
     check_embeddings,
     check_labels,
     check_positive,
@@ -302,11 +303,13 @@ def k_stat(
     quantile: float = 0.9,
     similarity: str = "cos",
     max_pairs: int = DEFAULT_MAX_PAIRS,
+    seed: int | None = None,
 ) -> Tensor:
     """k_stat of a batch: the `quantile` of all candidate similarities (paper §3.2.1, SPEC §4).
 
     Exact while N(N-2) <= `max_pairs` (N = 2B); beyond that estimated from a random sample of
-    about `max_pairs` candidate pairs without building the N×N matrix.
+    about `max_pairs` candidate pairs without building the N×N matrix. The sample is fixed by
+    `seed` (default: drawn from torch's global generator, so `torch.manual_seed` reproduces it).
 
     Returns:
         A 0-d float32 tensor without gradient.
@@ -319,7 +322,8 @@ def k_stat(
     z1, z2 = check_embeddings(z1, z2)
     check_unit_open("quantile", quantile)
     check_choice("similarity", similarity, SIMILARITIES)
-    if isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1:
-        raise ValueError(f"max_pairs must be a positive int, got {max_pairs!r}")
+    check_count("max_pairs", max_pairs, minimum=4)
+    if seed is None:
+        seed = int(torch.randint(2**31 - 1, ()))  # torch's CPU generator: no device read
     z = torch.cat([embed(z1, similarity), embed(z2, similarity)])
-    return candidate_similarity_quantile(z, quantile, max_pairs)
+    return candidate_similarity_quantile(z, quantile, max_pairs, check_count("seed", seed, minimum=0))
