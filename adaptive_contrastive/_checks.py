@@ -21,10 +21,20 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     return value
 
 
-def check_positive(name: str, value: float) -> float:
+# Smallest temperature accepted: 1/τ <= 1e30 keeps cosine logits, the loss and its gradients far
+# inside float32's range (3.4e38); below about 6e-39 the loss itself no longer fits in float32.
+MIN_TEMPERATURE = 1e-30
+
+
+def check_positive(name: str, value: float, minimum: float = 0.0) -> float:
     value = _as_float(name, value)
     if not value > 0 or math.isinf(value):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if value < minimum:
+        raise ValueError(
+            f"{name}={value!r} is below {minimum:g}: 1/{name} would overflow float32 arithmetic "
+            "(logits s/τ and the loss beyond 3.4e38); use a larger value"
+        )
     return value
 
 
@@ -97,6 +107,8 @@ def check_embeddings(z1: object, z2: object, min_batch: int = 2, check_finite: b
         raise ValueError(f"z1 and z2 need B >= {min_batch} rows (sequences) to have any negatives, got B={z1.shape[0]}")
     if z1.shape[1] < 1:
         raise ValueError("z1 and z2 need at least one feature column (D >= 1)")
+    # Under torch.compile the check would split the graph (it reads a value): compiled code skips it.
+    check_finite = check_finite and not is_compiling()
     for name, z in (("z1", z1), ("z2", z2)) if check_finite else ():
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"{name} holds NaN or infinite values; the loss of such embeddings is undefined")
@@ -156,6 +168,14 @@ def check_labels(labels: object, batch: int, device: torch.device) -> Tensor:
     if labels.device != device:
         raise ValueError(f"labels are on {labels.device} but the embeddings are on {device}")
     return labels.long()
+
+
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing the caller (torch >= 2.3 names it torch.compiler.is_compiling)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return bool(compiler.is_compiling())
+    return bool(torch._dynamo.is_compiling())
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +14,7 @@ from torch import Tensor
 
 from . import distributed
 from ._checks import (
+    MIN_TEMPERATURE,
     check_choice,
     check_count,
     check_embeddings,
@@ -26,6 +30,8 @@ from .reference import LossSettings, masked_info_nce_rows
 from .threshold import DEFAULT_MAX_PAIRS, candidate_similarity_quantile
 
 __all__ = ["adaptive_info_nce", "k_stat"]
+
+T = TypeVar("T")
 
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
@@ -62,11 +68,11 @@ def make_settings(
     mask_temperature: float,
 ) -> LossSettings:
     return LossSettings(
-        temperature=check_positive("temperature", temperature),
+        temperature=check_positive("temperature", temperature, MIN_TEMPERATURE),
         false_negatives=check_choice("false_negatives", false_negatives, FALSE_NEGATIVE_MODES),
         positive_weight=check_unit_closed("positive_weight", positive_weight),
         mask=check_choice("mask", mask, MASKS),
-        mask_temperature=check_positive("mask_temperature", mask_temperature),
+        mask_temperature=check_positive("mask_temperature", mask_temperature, MIN_TEMPERATURE),
     )
 
 
@@ -117,24 +123,32 @@ class CandidateLayout:
 
 
 def candidate_layout(
-    u1: Tensor, u2: Tensor, gather_distributed: bool = False, labels: Tensor | None = None
+    u1: Tensor,
+    u2: Tensor,
+    gather_distributed: bool = False,
+    labels: Tensor | None = None,
+    counts: list[int] | None = None,
 ) -> CandidateLayout:
     """Lay out embedded views `(b, D)` (see `embed`) for scoring; gathers across ranks if asked.
 
-    `labels` `(b,)` (int64, already checked) are gathered with the rows.
+    `labels` `(b,)` (int64, already checked) are gathered with the rows; `counts` (every rank's
+    b, from `inputs_agreed`) spares the gathers a collective each.
     """
     b = u1.shape[0]
     rows = torch.cat([u1, u2])
-    row_labels = column_labels = None if labels is None else labels.repeat(2)
+    row_labels = None if labels is None else labels.repeat(2)
+    column_labels = None if row_labels is None else row_labels.view_as(row_labels)
     if gather_distributed and distributed.world_size() > 1:
-        all1, offset = distributed.gather_rows(u1)
-        all2, _ = distributed.gather_rows(u2)
+        all1, offset = distributed.gather_rows(u1, counts)
+        all2, _ = distributed.gather_rows(u2, counts)
         total = all1.shape[0]
         columns = torch.cat([all1, all2])
         if labels is not None:
-            column_labels = distributed.gather_rows(labels)[0].repeat(2)
+            column_labels = distributed.gather_rows(labels, counts)[0].repeat(2)
     else:
-        offset, total, columns = 0, b, rows
+        # A view, not `rows` itself: torch.compile cannot trace an autograd.Function that receives
+        # one tensor as two inputs (the gradients of both still reach the same rows).
+        offset, total, columns = 0, b, rows.view_as(rows)
     own = torch.arange(b, device=u1.device) + offset
     return CandidateLayout(
         rows, columns, torch.cat([own + total, own]), torch.cat([own, own + total]), total, row_labels, column_labels
@@ -258,6 +272,27 @@ def adaptive_info_nce(
     return reduce_rows(rows, check_choice("reduction", reduction, REDUCTIONS), global_rows, world)
 
 
+def inputs_agreed(gathering: bool, check: Callable[[], T], z1: object, labels: object) -> tuple[T, list[int] | None]:
+    """Run this rank's input checks; under distributed gathering, also agree with every rank.
+
+    Returns the checks' result and, when gathering, every rank's batch size. A failure on any rank
+    raises on every rank (see `distributed.agree_on_inputs`) instead of leaving the others waiting
+    in the gather.
+    """
+    if not gathering:
+        return check(), None
+    error: Exception | None = None
+    try:
+        result = check()
+    except (TypeError, ValueError) as caught:
+        error = caught
+    shaped = isinstance(z1, Tensor) and z1.dim() == 2
+    rows, dim = (z1.shape[0], z1.shape[1]) if shaped else (0, 0)  # type: ignore[union-attr]
+    dtype = z1.dtype if isinstance(z1, Tensor) else None
+    counts = distributed.agree_on_inputs(error, rows, dim, dtype, labels is not None)
+    return result, counts
+
+
 def _rows_from_public(
     z1: Tensor,
     z2: Tensor,
@@ -273,28 +308,43 @@ def _rows_from_public(
     labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     gathering = gather_distributed and distributed.world_size() > 1
-    z1, z2 = check_embeddings(z1, z2, min_batch=1 if gathering else 2)
-    settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
-    check_choice("similarity", similarity, SIMILARITIES)
-    resolved = resolve_backend(backend, z1.device)
-    if labels is not None:
-        if not settings.uses_threshold:
+
+    def check() -> tuple[Tensor, Tensor, LossSettings, str, Tensor | None, Tensor | None]:
+        a, b = check_embeddings(z1, z2, min_batch=1 if gathering else 2)
+        settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
+        check_choice("similarity", similarity, SIMILARITIES)
+        resolved = resolve_backend(backend, a.device)
+        checked_labels = None
+        if labels is not None:
+            if not settings.uses_threshold:
+                raise ValueError(
+                    'false_negatives="keep" handles no false negatives and takes no labels; use "drop", '
+                    '"attract" or "relabel" for known positives, or leave labels=None'
+                )
+            checked_labels = check_labels(labels, a.shape[0], a.device)
+        thresholds: Tensor | None = None
+        if settings.uses_threshold and threshold is not None:
+            thresholds = thresholds_per_row(threshold, a.shape[0], embed(a[:1], "dot"))
+        elif settings.uses_threshold and labels is None:
             raise ValueError(
-                'false_negatives="keep" handles no false negatives and takes no labels; use "drop", '
-                '"attract" or "relabel" for known positives, or leave labels=None'
+                f'false_negatives="{false_negatives}" needs a threshold (a float or a tensor) or labels; '
+                'only "keep" works without either'
             )
-        labels = check_labels(labels, z1.shape[0], z1.device)
-    thresholds: Tensor | None = None
-    if settings.uses_threshold and threshold is not None:
-        thresholds = thresholds_per_row(threshold, z1.shape[0], embed(z1[:1], "dot"))
-    elif settings.uses_threshold and labels is None:
-        raise ValueError(
-            f'false_negatives="{false_negatives}" needs a threshold (a float or a tensor) or labels; '
-            'only "keep" works without either'
-        )
-    layout = candidate_layout(embed(z1, similarity), embed(z2, similarity), gather_distributed, labels)
-    rows, counts = scored_rows(layout, thresholds, settings, resolved)
-    return rows, counts, layout.global_rows
+        return a, b, settings, resolved, checked_labels, thresholds
+
+    (a, b, settings, resolved, checked_labels, thresholds), counts = inputs_agreed(gathering, check, z1, labels)
+    with autocast_off(a.device):
+        layout = candidate_layout(embed(a, similarity), embed(b, similarity), gathering, checked_labels, counts)
+        rows, fn_counts = scored_rows(layout, thresholds, settings, resolved)
+    return rows, fn_counts, layout.global_rows
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Run the loss in its own precision (float32 accumulation) even inside a torch.autocast region:
+    autocast would otherwise run its similarity products in bfloat16/float16."""
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def k_stat(

@@ -28,8 +28,10 @@ from ._checks import (
 from ._modes import BACKENDS, REDUCTIONS, SIMILARITIES
 from .functional import (
     CandidateLayout,
+    autocast_off,
     candidate_layout,
     embed,
+    inputs_agreed,
     known_positive_counts,
     make_settings,
     reduce_rows,
@@ -315,20 +317,41 @@ class AdaptiveInfoNCE(nn.Module):
         """
         world = distributed.world_size() if self.gather_distributed else 1
         gather = world > 1
-        check_finite = z1.device.type == "cpu" or not self._validated
-        z1, z2 = check_embeddings(z1, z2, min_batch=1 if gather else 2, check_finite=check_finite)
-        self._validated = True
-        backend = self._resolve_backend(z1.device)
-        if labels is not None:
+
+        def check() -> tuple[Tensor, Tensor, Tensor | None]:
+            check_finite = not isinstance(z1, Tensor) or z1.device.type == "cpu" or not self._validated
+            a, b = check_embeddings(z1, z2, min_batch=1 if gather else 2, check_finite=check_finite)
+            if labels is None:
+                if self.labels_only:
+                    raise ValueError(
+                        'AdaptiveInfoNCE(threshold="labels") needs labels: call loss_fn(z1, z2, labels=...)'
+                    )
+                return a, b, None
             if not self.settings.uses_threshold:
                 raise ValueError(
                     'false_negatives="keep" handles no false negatives and takes no labels; use "drop", '
                     '"attract" or "relabel" for known positives, or leave labels=None'
                 )
-            labels = check_labels(labels, z1.shape[0], z1.device)
-        elif self.labels_only:
-            raise ValueError('AdaptiveInfoNCE(threshold="labels") needs labels: call loss_fn(z1, z2, labels=...)')
-        layout = candidate_layout(embed(z1, self.similarity), embed(z2, self.similarity), gather, labels)
+            return a, b, check_labels(labels, a.shape[0], a.device)
+
+        (z1, z2, labels), counts = inputs_agreed(gather, check, z1, labels)
+        self._validated = True
+        backend = self._resolve_backend(z1.device)
+        with autocast_off(z1.device):
+            return self._loss(z1, z2, labels, threshold_input, counts, world, backend)
+
+    def _loss(
+        self,
+        z1: Tensor,
+        z2: Tensor,
+        labels: Tensor | None,
+        threshold_input: Tensor | None,
+        counts: list[int] | None,
+        world: int,
+        backend: str,
+    ) -> Tensor:
+        gather = world > 1
+        layout = candidate_layout(embed(z1, self.similarity), embed(z2, self.similarity), gather, labels, counts)
         columns = layout.columns.detach()
         batch_k_stat = self._units(
             candidate_similarity_quantile(columns, self.quantile, self.max_pairs, self.sample_step)

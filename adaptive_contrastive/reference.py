@@ -533,13 +533,19 @@ def _differentiable_backward(
 ) -> tuple[Tensor | None, ...]:
     """The backward under ``create_graph=True``: autograd through `dense_rows`, so that the returned
     gradients are themselves differentiable (w.r.t. the inputs and the upstream gradient)."""
-    wanted = [t for t, need in zip((q, k, thresholds), ctx.needs_input_grad[:3], strict=True) if need]
+    # Fresh nodes to differentiate by: k may be a view of q (one process scores its rows against
+    # themselves), and autograd.grad by q itself would then add the path through k to q's gradient.
     soft = settings.mask == "soft" and settings.uses_threshold
-    thr = thresholds if soft or thresholds is None else thresholds.detach()
-    rows = dense_rows(q, k, thr, partner, self_index, settings, row_labels, column_labels)
+    q_node, k_node = q.clone(), k.clone()
+    thr_node = None if thresholds is None else (thresholds.clone() if soft else thresholds.detach())
+    rows = dense_rows(q_node, k_node, thr_node, partner, self_index, settings, row_labels, column_labels)
+    nodes = (q_node, k_node, thr_node)
+    needs = ctx.needs_input_grad[:3]
+    taken = [need and t is not None and t.requires_grad for t, need in zip(nodes, needs, strict=True)]
+    wanted = [t for t, take in zip(nodes, taken, strict=True) if take]
     grads = iter(torch.autograd.grad(rows, wanted, grad_outputs=grad_rows, create_graph=True, allow_unused=True))
-    out = [next(grads) if need else None for need in ctx.needs_input_grad[:3]]
-    if out[2] is None and ctx.needs_input_grad[2] and thresholds is not None:
+    out = [next(grads) if take else None for take in taken]
+    if ctx.needs_input_grad[2] and thresholds is not None and out[2] is None:
         out[2] = torch.zeros_like(thresholds)
     return (*out, None, None, None, None, None)
 

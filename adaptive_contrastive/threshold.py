@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +122,7 @@ class ThresholdNet(nn.Module):
             that code, not for new work.
         similarity: ``"cos"`` squashes k to (-1, 1) with tanh and uses normalised rows; ``"dot"``
             leaves both unbounded.
-        batch_size: the fixed B of ``arch="flat"``.
+        batch_size: the fixed B of ``arch="flat"`` and ``arch="authors"``.
 
     Example:
         >>> g = ThresholdNet(8)
@@ -139,13 +140,13 @@ class ThresholdNet(nn.Module):
         batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         self.dim = dim
         self.arch = check_choice("arch", arch, ARCHITECTURES)
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
         if arch in ("flat", "authors"):
-            if batch_size is None or isinstance(batch_size, bool) or batch_size < 2:
+            if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 2:
                 raise ValueError(
                     f'arch="{arch}" maps a whole batch to B thresholds: pass batch_size=B (>= 2), got {batch_size!r}'
                 )
@@ -154,7 +155,7 @@ class ThresholdNet(nn.Module):
             hidden = max(1, batch_size * dim // 8) if hidden is None else hidden
         else:
             hidden = 2 * dim if hidden is None else hidden
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        if isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 1:
             raise ValueError(f"hidden must be a positive int, got {hidden!r}")
         if arch == "authors":
             assert batch_size is not None
