@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 # isort: split
+import augment  # noqa: E402
 import data as datasets  # noqa: E402
 from evaluate import EvalSet, score_ranks, user_values  # noqa: E402
 from model import DuoRec  # noqa: E402
@@ -51,7 +52,7 @@ def run_ranks(run: Path, split: str, device: torch.device) -> tuple[dict[str, An
     data = _load(config["dataset"], config["data_path"], config["synthetic_users"])
     samples = datasets.eval_samples(data, split, config["max_len"])
     eval_set = EvalSet(samples, negatives={})  # full ranking only
-    model = DuoRec(data.n_items, max_len=config["max_len"]).to(device)
+    model = DuoRec(data.n_items, max_len=config["max_len"], mask_token=augment.needs_mask_token(config)).to(device)
     state = torch.load(run / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(state["model"])
     edges = () if config.get("no_bucketing") else datasets.BUCKET_EDGES

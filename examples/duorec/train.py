@@ -37,6 +37,7 @@ from adaptive_contrastive import AdaptiveInfoNCE, ThresholdNet  # noqa: E402
 
 # isort: split
 # The example's own modules (examples/duorec/).
+import augment  # noqa: E402
 import data as datasets  # noqa: E402
 import diagnostics  # noqa: E402
 import plots  # noqa: E402
@@ -71,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="adaptive",
         help="none = SASRec, duorec = plain InfoNCE, adaptive = AdaptiveRec",
     )
-    p.add_argument("--contrast", choices=CONTRASTS, default="us_x", help="DuoRec's views")
+    p.add_argument("--contrast", choices=CONTRASTS, default="us_x", help="DuoRec's views, or CL4SRec's (cl4srec)")
     p.add_argument(
         "--false-negatives",
         choices=FALSE_NEGATIVES,
@@ -125,7 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic-users", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    augment.add_arguments(p)
     args = p.parse_args(argv)
+    augment.check_arguments(p, args)
     if args.similarity is None:
         args.similarity = "dot" if args.loss == "duorec" else "cos"
     if args.false_negatives is None:
@@ -220,8 +223,13 @@ class Trainer:
         self.test_set: EvalSet = make_eval_set(datasets.eval_samples(data, "test", args.max_len), counts)
 
         torch.manual_seed(args.seed)
-        self.model = DuoRec(data.n_items, max_len=args.max_len).to(self.device)
+        self.model = DuoRec(data.n_items, max_len=args.max_len, mask_token=augment.needs_mask_token(vars(args)))
+        self.model.to(self.device)
         self.loss_fn = build_loss(args, dim=64)
+        # CL4SRec's views (augmented copies of the batch's sequences), or None for the other views.
+        self.cl4srec = augment.CL4SRecViews.for_run(
+            vars(args), data.items, self.train_set, self.model, self.bucket_edges
+        )
         if self.loss_fn is not None:
             self.loss_fn.to(self.device)
         params = list(self.model.parameters()) + (list(self.loss_fn.parameters()) if self.loss_fn is not None else [])
@@ -259,12 +267,15 @@ class Trainer:
         Returns `h` `(B, D)` for the next-item loss, the two views `z1`, `z2` (None without a
         contrastive loss) and the training samples behind `z2`. The passes of DuoRec (``un``: the
         sequence twice; ``su``: the sequence and a same-target sequence; ``us_x``: the sequence for the
-        next-item loss, a second dropout pass of it and a same-target sequence) are stacked into one
-        batch: every row gets its own dropout mask, so this equals separate passes, with one encoder
-        call instead of two or three.
+        next-item loss, a second dropout pass of it and a same-target sequence) and of CL4SRec (the
+        sequence and two augmentations of it, augment.py) are stacked into one batch: every row gets
+        its own dropout mask, so this equals separate passes, with one encoder call instead of two or three.
         """
         if self.loss_fn is None:
             return self.model.encode(self._batch(rows)), None, None, rows
+        if self.cl4srec is not None:  # the sequences, then two augmentations of each: both views are the row's own
+            h, z1, z2 = self.model.encode(self.cl4srec.batch(rows, generator).to(self.device)).split(len(rows))
+            return h, z1, z2, rows
         contrast = self.args.contrast
         partners = rows if contrast == "un" else self.sampler.sample(rows, generator)
         stacked = {"un": [rows, rows], "su": [rows, partners], "us_x": [rows, rows, partners]}[contrast]
@@ -383,6 +394,10 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.args.seed)
             self.model.train()
+            if self.cl4srec is not None:  # the same two augmentations of the probe rows every epoch
+                views = self.cl4srec.batch(rows, torch.Generator().manual_seed(12_345), with_inputs=False)
+                first, other = self.model.encode(views.to(self.device)).split(len(rows))
+                return diagnostics.probe(first, other, self.args.similarity)
             # su and us_x: a dropout view against the same-target view; un: two dropout views.
             second = rows if self.args.contrast == "un" else partners
             first, other = self.model.encode(self._batch(np.concatenate([rows, second]))).split(len(rows))
