@@ -287,6 +287,11 @@ class AdaptiveInfoNCE(nn.Module):
                 self._buffers[name] = buffer.to(device)
         return self
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before the k_stat sample had a step counter start that counter at 0.
+        state_dict.setdefault(prefix + "sample_step", torch.zeros((), dtype=torch.int64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ------------------------------------------------------------------------------ forward
 
     def _resolve_backend(self, device: torch.device) -> str:

@@ -124,6 +124,41 @@ SCENARIOS = {
     "module-net-attract-labels-unequal": _module([3, 5], "learn", 33, labelled=True),
     "module-labels-only-drop-equal": _module([4, 4], "labels", 34, labelled=True, false_negatives="drop"),
 }
+
+
+def _module_steps(sizes: list[int], seed: int, steps: int = 3) -> dict:
+    """A module whose k_stat is sampled (max_pairs far below N(N-2)) over several steps."""
+    b = sum(sizes)
+    torch.manual_seed(seed)
+    config = {"dim": D, "max_pairs": 16, "warmup_epochs": 1}
+    ref = AdaptiveInfoNCE(**config)
+    views = [_views(b, seed + i) for i in range(steps)]
+    return {"api": "module_steps", "sizes": sizes, "config": config, "state": ref.state_dict(), "steps": views}
+
+
+def _bad_inputs(kind: str) -> dict:
+    """Rank 0 holds valid views; rank 1 holds views that break one rule (or disagree with rank 0)."""
+    z1, z2 = _views(4, 40)
+    bad1, bad2 = z1.clone(), z2.clone()
+    if kind == "nan":
+        bad1[0, 0] = float("nan")
+    elif kind == "width":
+        bad1, bad2 = z1[:, :-1].clone(), z2[:, :-1].clone()
+    elif kind == "dtype":
+        bad1, bad2 = z1.float(), z2.float()
+    return {"api": "expect_error", "per_rank": [(z1, z2), (bad1, bad2)], "via": "functional"}
+
+
+SCENARIOS.update(
+    {
+        "steps-sampled-k-stat-equal": _module_steps([6, 6], 50),
+        "steps-sampled-k-stat-unequal": _module_steps([3, 9], 51),
+        "error-nan-on-one-rank": _bad_inputs("nan"),
+        "error-width-mismatch": _bad_inputs("width"),
+        "error-dtype-mismatch": _bad_inputs("dtype"),
+        "error-nan-on-one-rank-module": {**_bad_inputs("nan"), "via": "module"},
+    }
+)
 FUNCTIONAL = [n for n, s in SCENARIOS.items() if s["api"] == "functional"]
 MODULE = [n for n, s in SCENARIOS.items() if s["api"] == "module"]
 
@@ -254,3 +289,44 @@ def test_without_process_group_gather_is_a_no_op() -> None:
     a = adaptive_info_nce(sc["z1"], sc["z2"], sc["threshold"], gather_distributed=True, **sc["kwargs"])
     b = adaptive_info_nce(sc["z1"], sc["z2"], sc["threshold"], **sc["kwargs"])
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["steps-sampled-k-stat-equal", "steps-sampled-k-stat-unequal"])
+def test_ranks_draw_the_single_process_k_stat_sample(rank_results: list[dict], name: str) -> None:
+    """The sampled k_stat (and so k̄_stat, L_reg and the thresholds) is the same on every rank and
+    equal to one process's, although the ranks' global random generators differ."""
+    sc = SCENARIOS[name]
+    ranks = _result(rank_results, name)
+    single = AdaptiveInfoNCE(**sc["config"])
+    single.load_state_dict(sc["state"])
+    want = []
+    for z1, z2 in sc["steps"]:
+        single(z1, z2)
+        want.append(single.last.k_stat.clone())
+    single.end_epoch()
+    for res in ranks:
+        torch.testing.assert_close(res["k_stats"], torch.stack(want), atol=0, rtol=0)
+        torch.testing.assert_close(res["k_bar"], single.k_bar, atol=0, rtol=0)
+    assert len(set(torch.stack(want).tolist())) > 1  # the sample moves with the step
+
+
+@pytest.mark.parametrize(
+    "name, bad_rank_message, other_rank_message",
+    [
+        ("error-nan-on-one-rank", "z1 holds NaN", r"rank\(s\) \[1\] rejected their inputs"),
+        ("error-nan-on-one-rank-module", "z1 holds NaN", r"rank\(s\) \[1\] rejected their inputs"),
+        ("error-width-mismatch", r"ranks disagree on the embedding width D: \[6, 5\]", None),
+        ("error-dtype-mismatch", r"ranks disagree on the embeddings' dtype: \['float64', 'float32'\]", None),
+    ],
+)
+def test_bad_input_on_one_rank_raises_on_every_rank(
+    rank_results: list[dict], name: str, bad_rank_message: str, other_rank_message: str | None
+) -> None:
+    """Nobody hangs: the rank with bad input raises its own error, the others a ValueError naming it
+    (or, when the ranks merely disagree, all raise the same error)."""
+    import re
+
+    good, bad = _result(rank_results, name)
+    assert bad["raised"] in ("ValueError", "TypeError") and re.search(bad_rank_message, bad["message"])
+    assert good["raised"] == "ValueError"
+    assert re.search(other_rank_message or bad_rank_message, good["message"])
