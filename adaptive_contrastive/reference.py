@@ -188,13 +188,17 @@ def _false_negative_block(
     rows: Tensor,
     partner: Tensor,
     self_index: Tensor,
+    out: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """φ of a block of similarities as 0/1 floats: above the threshold or a known positive, on C(i) only."""
-    phi = torch.empty_like(sims)
+    """φ of a block of similarities as 0/1 floats: above the threshold or a known positive, on C(i) only.
+
+    `out`: two buffers shaped like `sims` to write into (reused across chunks instead of allocated).
+    """
+    phi = torch.empty_like(sims) if out is None else out[0]
     if thr is not None:
         torch.gt(sims, thr[:, None], out=phi)
     if row_labels is not None and column_labels is not None:
-        known = torch.empty_like(sims)
+        known = torch.empty_like(sims) if out is None else out[1]
         torch.eq(row_labels[:, None], column_labels[None, :], out=known)
         if thr is None:
             phi = known
@@ -231,6 +235,9 @@ def _hard_forward(
     # keep compares nothing with a threshold, so 1/τ can be folded into q (one pass less per block).
     q_in = q if handles_fn else q * inv_tau
     step = _row_chunk(n, n_cols)
+    # Buffers reused by every chunk: φ, κ and the product φ·s (allocating them per chunk costs more
+    # than filling them on a CPU).
+    work = q.new_empty((3, min(step, n), n_cols)) if handles_fn else None
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         p_sl, s_sl = partner[sl], self_index[sl]
@@ -247,10 +254,12 @@ def _hard_forward(
                 rows,
                 p_sl,
                 s_sl,
+                None if work is None else (work[0, : len(rows)], work[1, : len(rows)]),
             )
             fn_count[sl] = phi.sum(1)
             if settings.soft_labels:
-                phi_logit_sum[sl] = (phi * sims).sum(1) * inv_tau
+                assert work is not None
+                phi_logit_sum[sl] = torch.mul(phi, sims, out=work[2, : len(rows)]).sum(1) * inv_tau
             if settings.masks_denominator:
                 sims.add_(phi, alpha=-_masked_offset(sims.dtype))
         sims[rows, s_sl] = float("-inf")
@@ -391,9 +400,10 @@ def _hard_backward(
     grad_q = torch.empty_like(q)
     grad_k = torch.zeros_like(k)
     step = _row_chunk(n, k.shape[0])
+    work = grad_logits.new_empty((min(step, n), k.shape[0]))  # one buffer for every chunk, not one each
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
-        block = grad_logits[sl] * scale[sl, None]
+        block = torch.mul(grad_logits[sl], scale[sl, None], out=work[: sl.stop - sl.start])
         torch.mm(block, k, out=grad_q[sl])
         grad_k.addmm_(block.T, q[sl])
     return grad_q, grad_k
@@ -442,12 +452,17 @@ class MaskedInfoNCEFunction(torch.autograd.Function):
         )  # fmt: skip
         ctx.settings = settings
         ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
+        # The saved blocks are outputs too: without this, every backward would allocate and zero an
+        # Nq×Nk gradient for them that nothing reads.
+        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx: Any, grad_rows: Tensor, *_unused: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_rows: Tensor | None, *_unused: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         (q, k, thresholds, partner, self_index, row_labels, column_labels, block, nu_all, fn_count, partner_logit,
          phi_logit_sum) = ctx.saved_tensors  # fmt: skip
         settings: LossSettings = ctx.settings
+        if grad_rows is None:  # only the (non-differentiable) side outputs reached the backward
+            return (None,) * 8
         if torch.is_grad_enabled():
             return _differentiable_backward(
                 ctx, q, k, thresholds, partner, self_index, settings, row_labels, column_labels, grad_rows
