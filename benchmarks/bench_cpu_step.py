@@ -52,9 +52,9 @@ def _build(method: str, dim: int):  # noqa: ANN202 - returns a (z1, z2) -> loss 
     import baselines
 
     if method == "adaptive":
-        from adaptive_contrastive import AdaptiveInfoNCE
-
         import torch
+
+        from adaptive_contrastive import AdaptiveInfoNCE
 
         loss_fn = AdaptiveInfoNCE(dim=dim, temperature=TEMPERATURE, warmup_epochs=0, backend="reference")
         loss_fn.train()
