@@ -24,8 +24,11 @@ METRICS = ("NDCG@5", "NDCG@10", "MRR@5", "MRR@10", "Recall@5", "Recall@10")
 # Arguments that never change what a run measures: the seed is what rows average over, the rest is
 # bookkeeping. Everything else (including the epoch budget) splits rows.
 NOT_CONFIGURATION = {
-    "seed", "out", "resume", "quiet", "threads", "device", "data_path", "download", "stats_only",
+    "seed", "out", "resume", "overwrite", "quiet", "threads", "device", "data_path", "download", "stats_only",
 }  # fmt: skip
+# Settings added to train.py after runs were recorded, with the value those runs had: a run without the
+# key shares its row with runs that state the default.
+ADDED_LATER = {"dropout": 0.5}
 LOSS_ORDER = {"none": 0, "duorec": 1, "adaptive": 2}
 # Full-ranking test NDCG@10 published for these datasets (the papers report no MRR).
 PUBLISHED: dict[str, list[tuple[str, dict[str, float]]]] = {
@@ -71,6 +74,7 @@ def load_runs(folders: list[Path]) -> list[dict[str, Any]]:
 def configuration(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """What a run measures: its settings without the seed and bookkeeping, and without the settings
     its loss ignores (the ThresholdNet's for DuoRec, all contrastive ones for SASRec)."""
+    config = {**ADDED_LATER, **config}
     ignored = set(NOT_CONFIGURATION)
     if config["loss"] != "adaptive":
         ignored |= {"false_negatives", "mask", "threshold_arch", "warmup_epochs"}
