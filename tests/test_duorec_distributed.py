@@ -10,14 +10,20 @@ float32 precision past it for one user, which changes a metric by at most 1 / us
 compared with that tolerance (in practice they come out identical). The global batch of 64 rows keeps
 k_stat exact (N(N-2) <= 65,536 pairs), hence identical on every rank, and the last batch of each epoch
 (17 rows) splits unevenly (9 + 8).
+
+The equivalence test launches torchrun itself, as a user would. The other multi-process tests start two
+processes with torchrun's environment through torch.multiprocessing and run several commands in them,
+which spares a torchrun launch (and three imports of torch) per command.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +31,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
+from _duorec_ddp_worker import run_commands
 
 for module in ("tqdm", "matplotlib"):
     pytest.importorskip(module, reason=f"the DuoRec example needs {module}: pip install -e '.[examples]'")
@@ -51,6 +59,35 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)  # as torchrun gives each of its processes
     yield
     torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(commands: list[list[str]], processes: int = 2) -> None:
+    """Run train.main(argv) for each command in turn in the same `processes` gloo processes, set up as
+    torchrun sets them up (without a torchrun launch per command)."""
+    ports = [free_port() for _ in commands]
+    context = mp.start_processes(
+        run_commands,
+        args=(processes, ports, commands, str(EXAMPLE)),
+        nprocs=processes,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the training processes did not finish within {DEADLINE_S} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+                process.join(5)
 
 
 def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
@@ -136,28 +173,33 @@ def test_two_processes_train_like_one_and_resume(tmp_path: Path) -> None:
 
 @needs_gloo
 @pytest.mark.distributed
-def test_errors_under_torchrun_are_printed_once_and_stop_every_rank(tmp_path: Path) -> None:
+def test_errors_under_two_processes_are_printed_once_and_stop_every_rank(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.json").write_text("{}")  # a run is there: refused without --resume or --overwrite
-    done = torchrun(*SMALL, "--epochs", "1", "--out", str(out))
-    assert done.returncode != 0
-    assert done.stderr.count("already holds a run") == 1, done.stderr[-3000:]
+    with pytest.raises(mp.ProcessExitedException, match="exit code 1"):
+        spawn([[*SMALL, "--epochs", "1", "--out", str(out)]])
+    assert capfd.readouterr().err.count("already holds a run") == 1
     assert (out / "results.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["results.json"]
 
 
 @needs_gloo
 @pytest.mark.distributed
-@pytest.mark.slow
-def test_resume_under_torchrun_continues_each_ranks_dropout_stream(tmp_path: Path) -> None:
+def test_resume_with_two_processes_continues_each_ranks_dropout_stream(tmp_path: Path) -> None:
     """With dropout on, 1 epoch then --resume gives exactly the uninterrupted two-process run: every rank
-    takes its own RNG state back from last.pt (three torchrun launches, about 40 s)."""
+    takes its own RNG state back from last.pt."""
     tiny = ["--synthetic-users", "200", "--batch-size", "32", "--max-steps", "4", "--quiet", "--device", "cpu"]
-    straight = torchrun(*tiny, "--epochs", "2", "--out", str(tmp_path / "straight"))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    for epochs, extra in (("1", ()), ("2", ("--resume",))):
-        done = torchrun(*tiny, "--epochs", epochs, *extra, "--out", str(tmp_path / "split"))
-        assert done.returncode == 0, done.stderr[-3000:]
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    spawn(
+        [
+            [*tiny, "--epochs", "2", "--out", straight],
+            [*tiny, "--epochs", "1", "--out", split],
+            [*tiny, "--epochs", "2", "--resume", "--out", split],
+        ]
+    )
     a, b = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("straight", "split"))
+    assert a["world_size"] == b["world_size"] == 2
     assert a["history"][1]["train"] == pytest.approx(b["history"][1]["train"], rel=1e-6)
     assert a["test"] == pytest.approx(b["test"], abs=1e-12)
