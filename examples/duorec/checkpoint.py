@@ -81,7 +81,8 @@ def _refusal(error: pickle.UnpicklingError) -> str:
 
 
 def first_line(error: BaseException) -> str:
-    """The gist of an error whose message may run over many lines (torch's unpickling errors do)."""
+    """The gist of an error whose message may run over many lines and sentences (torch's do)."""
     text = str(error).strip().splitlines()
-    line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    line = text[0].split(". ")[0].rstrip(".") if text else ""
+    line = f"{type(error).__name__}: {line}" if line else type(error).__name__
     return line if len(line) <= 160 else line[:157] + "..."
