@@ -368,6 +368,10 @@ def test_every_download_is_pinned_by_a_sha256_or_refused(tmp_path: Path, monkeyp
         raise AssertionError("an unpinned file must not be fetched")
 
     monkeypatch.setattr(data, "_fetch", no_fetch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(RuntimeError, match="cannot create the download folder .*a-file/ml-1m"):
+        data.download("ml-1m", blocker / "ml-1m")
     # No sha256 of reviews_Beauty_5.json.gz is published: --download refuses it and says what to do instead.
     with pytest.raises(ValueError, match=r"no sha256 of reviews_Beauty_5\.json\.gz is published.*--data-path"):
         data.download("beauty", tmp_path)

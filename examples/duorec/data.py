@@ -495,6 +495,12 @@ def download(dataset: str, folder: str | Path | None = None, timeout: float = 30
     partial = path.with_name(path.name + ".part")
     try:
         target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RuntimeError(
+            f"cannot create the download folder {target} ({error.strerror or error}): pass --data-path to another "
+            "folder or set ADAPTIVE_CONTRASTIVE_DATA"
+        ) from error
+    try:
         _fetch(spec.url, partial, timeout)
         verify_download(partial, spec, shown=path)
         os.replace(partial, path)
