@@ -95,7 +95,7 @@ def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]
     import adaptive_contrastive
 
     library = str(Path(adaptive_contrastive.__file__).resolve().parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {"GLOO_SOCKET_IFNAME": "lo", **os.environ, "OMP_NUM_THREADS": "1"}  # loopback, as tests/_distributed_worker
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [library, os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     return subprocess.run(
