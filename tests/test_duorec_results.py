@@ -100,6 +100,18 @@ def test_per_user_metrics_match_the_evaluation() -> None:
         assert compare.per_user(ranks, metric).mean() == pytest.approx(expected[metric], abs=1e-12)
 
 
+def test_runs_recorded_before_a_setting_existed_share_the_row_of_its_default(tmp_path: Path) -> None:
+    fake_run(tmp_path / "old", 0, 0.040, loss="adaptive")
+    fake_run(tmp_path / "new", 1, 0.042, loss="adaptive", overwrite=True)
+    fake_run(tmp_path / "nodrop", 2, 0.030, loss="adaptive", dropout=0.0)
+    old = json.loads((tmp_path / "old" / "results.json").read_text())
+    for key in ("dropout", "overwrite"):  # written before these flags existed
+        del old["config"][key]
+    (tmp_path / "old" / "results.json").write_text(json.dumps(old))
+    groups, _ = summarize.group_runs(summarize.load_runs([tmp_path]))
+    assert sorted(g.seeds for g in groups) == [[0, 1], [2]]
+
+
 def test_paired_bootstrap() -> None:
     rng = np.random.default_rng(1)
     a = rng.random(4000)

@@ -260,13 +260,21 @@ class CL4SRecViews:
             raise ValueError("CL4SRec's item-mask views need a model built with DuoRec(..., mask_token=True)")
         return cls(items, samples, augmentations, model.mask_id, bucket_edges)
 
-    def batch(self, rows: np.ndarray, generator: torch.Generator, with_inputs: bool = True) -> Batch:
+    def batch(
+        self, rows: np.ndarray, generator: torch.Generator, with_inputs: bool = True, part: slice | None = None
+    ) -> Batch:
         """The inputs of samples `rows` (if `with_inputs`), then their first views, then their second views:
-        a batch of `3 R` (or `2 R`) rows."""
+        a batch of `3 R` (or `2 R`) rows.
+
+        `part` keeps only those rows (one process's slice of a global batch under torchrun); the views of
+        every row are drawn all the same, so the generator advances alike in every process.
+        """
         end, length = self.samples.end[rows], self.samples.length[rows]
         seqs = pad_inputs(self.items, end, length)
         first, second = self.augmentations.views(seqs, length, self.mask_id, generator)
         parts = [(seqs, length), first, second] if with_inputs else [first, second]
+        if part is not None:
+            parts = [(block[part], lengths[part]) for block, lengths in parts]
         return padded_batch(parts, self.bucket_edges)
 
 

@@ -24,8 +24,11 @@ METRICS = ("NDCG@5", "NDCG@10", "MRR@5", "MRR@10", "Recall@5", "Recall@10")
 # Arguments that never change what a run measures: the seed is what rows average over, the rest is
 # bookkeeping. Everything else (including the epoch budget) splits rows.
 NOT_CONFIGURATION = {
-    "seed", "out", "resume", "quiet", "threads", "device", "data_path", "download", "stats_only",
+    "seed", "out", "resume", "overwrite", "quiet", "threads", "device", "data_path", "download", "stats_only",
 }  # fmt: skip
+# Settings added to train.py after runs were recorded, with the value those runs had: a run without the
+# key shares its row with runs that state the default.
+ADDED_LATER = {"dropout": 0.5}
 LOSS_ORDER = {"none": 0, "duorec": 1, "adaptive": 2}
 # CL4SRec's augmentation settings (train.py --item-crop ...): None, or absent in older runs, for the other views.
 CL4SREC_SETTINGS = {"item_crop", "item_mask", "item_reorder", "aug_pairs"}
@@ -74,6 +77,7 @@ def configuration(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """What a run measures: its settings without the seed and bookkeeping, and without the settings
     its loss ignores (the ThresholdNet's for DuoRec, all contrastive ones for SASRec, the augmentations for
     views other than CL4SRec's)."""
+    config = {**ADDED_LATER, **config}
     ignored = set(NOT_CONFIGURATION)
     if config["loss"] != "adaptive":
         ignored |= {"false_negatives", "mask", "threshold_arch", "warmup_epochs"}
