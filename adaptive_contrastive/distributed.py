@@ -31,6 +31,51 @@ def _row_counts(x: Tensor) -> list[int]:
     return [int(s.item()) for s in sizes]
 
 
+def _collective_device() -> torch.device:
+    """Where a small tensor must live for the process group's backend (NCCL: this rank's GPU)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+_DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
+
+
+def agree_on_inputs(
+    error: Exception | None, rows: int, dim: int, dtype: torch.dtype | None, labelled: bool
+) -> list[int]:
+    """Every rank's row count, after all ranks agreed that their inputs are valid and alike.
+
+    One small all-gather: each rank shares whether its own checks passed, its rows, D, dtype and
+    whether it passed labels. A rank whose checks failed raises its own error; every other rank
+    raises a ValueError that names the failing rank, so no rank is left waiting in a collective that
+    the others never join. Ranks that disagree on D, dtype or labels all raise the same error.
+    """
+    status = [0 if error is None else 1, rows, dim, _DTYPE_CODES.get(dtype, 0) if dtype else 0, int(labelled)]
+    local = torch.tensor(status, dtype=torch.int64, device=_collective_device())
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    table = torch.stack(parts).cpu().tolist()
+    if error is not None:
+        raise error
+    failed = [r for r, row in enumerate(table) if row[0]]
+    if failed:
+        raise ValueError(
+            f"gather_distributed: rank(s) {failed} rejected their inputs (see the error raised there); "
+            "this rank stops too instead of waiting for them"
+        )
+    for column, what in ((2, "the embedding width D"), (3, "the embeddings' dtype"), (4, "whether labels are passed")):
+        values = [row[column] for row in table]
+        if len(set(values)) > 1:
+            if column == 3:
+                names = {code: str(t).removeprefix("torch.") for t, code in _DTYPE_CODES.items()}
+                shown = [names.get(v, "?") for v in values]
+            else:
+                shown = values
+            raise ValueError(f"gather_distributed: ranks disagree on {what}: {shown} (rank 0 first)")
+    return [row[1] for row in table]
+
+
 class _GatherRows(torch.autograd.Function):
     """Concatenate every rank's rows; the backward sums the gradient over ranks and keeps our slice.
 
@@ -57,13 +102,15 @@ class _GatherRows(torch.autograd.Function):
         return grad[ctx.start : ctx.stop], None
 
 
-def gather_rows(x: Tensor) -> tuple[Tensor, int]:
+def gather_rows(x: Tensor, counts: list[int] | None = None) -> tuple[Tensor, int]:
     """All ranks' rows of `x` in rank order, and the offset of this rank's first row.
 
-    Gradients reaching the gathered tensor flow back to the rank that owns each row.
+    Gradients reaching the gathered tensor flow back to the rank that owns each row. `counts`,
+    every rank's row count, saves a collective where it is already known.
     """
     if world_size() == 1:
         return x, 0
-    counts = _row_counts(x)
+    if counts is None:
+        counts = _row_counts(x)
     gathered: Tensor = _GatherRows.apply(x, counts)  # type: ignore[assignment]
     return gathered, sum(counts[: rank()])

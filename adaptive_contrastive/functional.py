@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +14,11 @@ from torch import Tensor
 
 from . import distributed
 from ._checks import (
+    MIN_TEMPERATURE,
     check_choice,
+    check_count,
     check_embeddings,
+    check_labels,
     check_positive,
     check_unit_closed,
     check_unit_open,
@@ -24,6 +30,8 @@ from .reference import LossSettings, masked_info_nce_rows
 from .threshold import DEFAULT_MAX_PAIRS, candidate_similarity_quantile
 
 __all__ = ["adaptive_info_nce", "k_stat"]
+
+T = TypeVar("T")
 
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
@@ -60,11 +68,11 @@ def make_settings(
     mask_temperature: float,
 ) -> LossSettings:
     return LossSettings(
-        temperature=check_positive("temperature", temperature),
+        temperature=check_positive("temperature", temperature, MIN_TEMPERATURE),
         false_negatives=check_choice("false_negatives", false_negatives, FALSE_NEGATIVE_MODES),
         positive_weight=check_unit_closed("positive_weight", positive_weight),
         mask=check_choice("mask", mask, MASKS),
-        mask_temperature=check_positive("mask_temperature", mask_temperature),
+        mask_temperature=check_positive("mask_temperature", mask_temperature, MIN_TEMPERATURE),
     )
 
 
@@ -91,12 +99,15 @@ def _score_rows(
     self_index: Tensor,
     settings: LossSettings,
     backend: str,
+    row_labels: Tensor | None = None,
+    column_labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
+    labels = {} if row_labels is None else {"row_labels": row_labels, "column_labels": column_labels}
     if backend == "triton":
         from .kernels import triton_masked_info_nce_rows
 
-        return triton_masked_info_nce_rows(q, k, thresholds, partner, self_index, settings)
-    return masked_info_nce_rows(q, k, thresholds, partner, self_index, settings)
+        return triton_masked_info_nce_rows(q, k, thresholds, partner, self_index, settings, **labels)
+    return masked_info_nce_rows(q, k, thresholds, partner, self_index, settings, **labels)
 
 
 @dataclass(frozen=True)
@@ -112,34 +123,77 @@ class CandidateLayout:
     partner: Tensor  # (2b,) column of each row's positive
     self_index: Tensor  # (2b,) column of the row itself
     batch: int  # B, sequences over all ranks
+    row_labels: Tensor | None = None  # (2b,) known-positive label of each row, both views alike
+    column_labels: Tensor | None = None  # (N,) the same for every column
 
     @property
     def global_rows(self) -> int:
         return 2 * self.batch
 
 
-def candidate_layout(u1: Tensor, u2: Tensor, gather_distributed: bool = False) -> CandidateLayout:
-    """Lay out embedded views `(b, D)` (see `embed`) for scoring; gathers across ranks if asked."""
+def candidate_layout(
+    u1: Tensor,
+    u2: Tensor,
+    gather_distributed: bool = False,
+    labels: Tensor | None = None,
+    counts: list[int] | None = None,
+) -> CandidateLayout:
+    """Lay out embedded views `(b, D)` (see `embed`) for scoring; gathers across ranks if asked.
+
+    `labels` `(b,)` (int64, already checked) are gathered with the rows; `counts` (every rank's
+    b, from `inputs_agreed`) spares the gathers a collective each.
+    """
     b = u1.shape[0]
     rows = torch.cat([u1, u2])
+    row_labels = None if labels is None else labels.repeat(2)
+    column_labels = None if row_labels is None else row_labels.view_as(row_labels)
     if gather_distributed and distributed.world_size() > 1:
-        all1, offset = distributed.gather_rows(u1)
-        all2, _ = distributed.gather_rows(u2)
+        all1, offset = distributed.gather_rows(u1, counts)
+        all2, _ = distributed.gather_rows(u2, counts)
         total = all1.shape[0]
         columns = torch.cat([all1, all2])
+        if labels is not None:
+            column_labels = distributed.gather_rows(labels, counts)[0].repeat(2)
     else:
-        offset, total, columns = 0, b, rows
+        # A view, not `rows` itself: torch.compile cannot trace an autograd.Function that receives
+        # one tensor as two inputs (the gradients of both still reach the same rows).
+        offset, total, columns = 0, b, rows.view_as(rows)
     own = torch.arange(b, device=u1.device) + offset
-    return CandidateLayout(rows, columns, torch.cat([own + total, own]), torch.cat([own, own + total]), total)
+    return CandidateLayout(
+        rows, columns, torch.cat([own + total, own]), torch.cat([own, own + total]), total, row_labels, column_labels
+    )
 
 
 def scored_rows(
     layout: CandidateLayout, thresholds: Tensor | None, settings: LossSettings, backend: str
 ) -> tuple[Tensor, Tensor]:
-    """Row losses and false-negative counts of the layout's rows; `thresholds` one per row."""
-    use_threshold = thresholds is not None and settings.uses_threshold
-    thr = thresholds.to(compute_dtype(layout.rows.dtype)) if use_threshold else None
-    return _score_rows(layout.rows, layout.columns, thr, layout.partner, layout.self_index, settings, backend)
+    """Row losses and false-negative counts of the layout's rows; `thresholds` one per row (or None
+    when only the layout's labels decide)."""
+    thr = None
+    if thresholds is not None and settings.uses_threshold:
+        thr = thresholds.to(compute_dtype(layout.rows.dtype))  # float32 also for 16-bit rows
+    return _score_rows(
+        layout.rows,
+        layout.columns,
+        thr,
+        layout.partner,
+        layout.self_index,
+        settings,
+        backend,
+        layout.row_labels if settings.uses_threshold else None,
+        layout.column_labels if settings.uses_threshold else None,
+    )
+
+
+def known_positive_counts(layout: CandidateLayout) -> Tensor | None:
+    """K_i: how many of row i's candidates share its known label, from the labels alone in
+    O(N log N) (a sort and two searches, no N×N block); None without labels."""
+    if layout.row_labels is None or layout.column_labels is None:
+        return None
+    ordered = layout.column_labels.sort().values
+    same = torch.searchsorted(ordered, layout.row_labels, right=True) - torch.searchsorted(ordered, layout.row_labels)
+    # Every labelled row's own column and its partner's share its label but are no candidates.
+    return torch.where(layout.row_labels >= 0, same - 2, 0)
 
 
 def reduce_rows(rows: Tensor, reduction: str, global_rows: int, world: int = 1) -> Tensor:
@@ -169,6 +223,7 @@ def adaptive_info_nce(
     reduction: str = "mean",
     backend: str = "auto",
     gather_distributed: bool = False,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """Contrastive loss with adaptively constructed pairs (AdaptiveRec, Jeon et al. 2023).
 
@@ -180,8 +235,8 @@ def adaptive_info_nce(
     Args:
         z1, z2: `(B, D)` two views of B >= 2 sequences; row b of z1 pairs with row b of z2.
         threshold: k in similarity units: a float, a 0-d tensor, `(B,)` (shared by both views)
-            or `(2B,)`. Unused by ``keep``, where it may be None. Gets a gradient only with
-            ``mask="soft"``.
+            or `(2B,)`. Unused by ``keep``, where it may be None; None in the other modes means that
+            `labels` alone decide. Gets a gradient only with ``mask="soft"``.
         temperature: τ > 0; logits are s / τ.
         similarity: ``"cos"`` or ``"dot"``.
         false_negatives: ``"keep"``, ``"drop"``, ``"attract"`` or ``"relabel"``.
@@ -191,6 +246,10 @@ def adaptive_info_nce(
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (returns the `(2B,)` row losses).
         backend: ``"auto"`` (Triton for CUDA tensors when importable), ``"reference"`` or ``"triton"``.
         gather_distributed: score local rows against every rank's rows under torch.distributed.
+        labels: optional integer `(B,)` known-positive labels, one per sequence (both views share it;
+            negative = unknown). Two sequences with the same label >= 0 are known false negatives of
+            each other in every mode but ``keep``, which rejects labels; the threshold adds suspects
+            among the other candidates.
 
     Returns:
         The loss, float32 (float64 for float64 inputs): a scalar, or `(2B,)` with ``reduction="none"``.
@@ -202,6 +261,9 @@ def adaptive_info_nce(
         >>> z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
         >>> adaptive_info_nce(z1, z2, 0.5, reduction="none").shape
         torch.Size([8])
+        >>> classes = torch.tensor([0, 1, 0, -1])  # sequences 0 and 2 are known positives
+        >>> adaptive_info_nce(z1, z2, None, false_negatives="drop", labels=classes).shape
+        torch.Size([])
     """
     rows, _, global_rows = _rows_from_public(
         z1,
@@ -215,9 +277,31 @@ def adaptive_info_nce(
         mask_temperature,
         backend,
         gather_distributed,
+        labels,
     )
     world = distributed.world_size() if gather_distributed else 1
     return reduce_rows(rows, check_choice("reduction", reduction, REDUCTIONS), global_rows, world)
+
+
+def inputs_agreed(gathering: bool, check: Callable[[], T], z1: object, labels: object) -> tuple[T, list[int] | None]:
+    """Run this rank's input checks; under distributed gathering, also agree with every rank.
+
+    Returns the checks' result and, when gathering, every rank's batch size. A failure on any rank
+    raises on every rank (see `distributed.agree_on_inputs`) instead of leaving the others waiting
+    in the gather.
+    """
+    if not gathering:
+        return check(), None
+    error: Exception | None = None
+    try:
+        result = check()
+    except (TypeError, ValueError) as caught:
+        error = caught
+    shaped = isinstance(z1, Tensor) and z1.dim() == 2
+    rows, dim = (z1.shape[0], z1.shape[1]) if shaped else (0, 0)  # type: ignore[union-attr]
+    dtype = z1.dtype if isinstance(z1, Tensor) else None
+    counts = distributed.agree_on_inputs(error, rows, dim, dtype, labels is not None)
+    return result, counts
 
 
 def _rows_from_public(
@@ -232,25 +316,49 @@ def _rows_from_public(
     mask_temperature: float,
     backend: str,
     gather_distributed: bool,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     gathering = gather_distributed and distributed.world_size() > 1
-    z1, z2 = check_embeddings(z1, z2, min_batch=1 if gathering else 2)
-    settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
-    check_choice("similarity", similarity, SIMILARITIES)
-    resolved = resolve_backend(backend, z1.device)
-    if settings.uses_threshold:
-        if threshold is None:
+
+    def check() -> tuple[Tensor, Tensor, LossSettings, str, Tensor | None, Tensor | None]:
+        a, b = check_embeddings(z1, z2, min_batch=1 if gathering else 2)
+        settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
+        check_choice("similarity", similarity, SIMILARITIES)
+        resolved = resolve_backend(backend, a.device)
+        checked_labels = None
+        if labels is not None:
+            if not settings.uses_threshold:
+                raise ValueError(
+                    'false_negatives="keep" handles no false negatives and takes no labels; use "drop", '
+                    '"attract" or "relabel" for known positives, or leave labels=None'
+                )
+            checked_labels = check_labels(labels, a.shape[0], a.device)
+        thresholds: Tensor | None = None
+        if settings.uses_threshold and threshold is not None:
+            thresholds = thresholds_per_row(threshold, a.shape[0], embed(a[:1], "dot"))
+        elif settings.uses_threshold and labels is None:
             raise ValueError(
-                f'false_negatives="{false_negatives}" needs a threshold (a float or a tensor); '
-                'only "keep" works without one'
+                f'false_negatives="{false_negatives}" needs a threshold (a float or a tensor) or labels; '
+                'only "keep" works without either'
             )
-        thresholds: Tensor | None = thresholds_per_row(threshold, z1.shape[0], embed(z1[:1], "dot"))
-    else:
-        thresholds = None
-    half = resolved == "triton"
-    layout = candidate_layout(embed(z1, similarity, half), embed(z2, similarity, half), gather_distributed)
-    rows, counts = scored_rows(layout, thresholds, settings, resolved)
-    return rows, counts, layout.global_rows
+        return a, b, settings, resolved, checked_labels, thresholds
+
+    (a, b, settings, resolved, checked_labels, thresholds), counts = inputs_agreed(gathering, check, z1, labels)
+    with autocast_off(a.device):
+        half = resolved == "triton"  # the Triton backend keeps float16/bfloat16 rows for its 16-bit kernels
+        layout = candidate_layout(
+            embed(a, similarity, half), embed(b, similarity, half), gathering, checked_labels, counts
+        )
+        rows, fn_counts = scored_rows(layout, thresholds, settings, resolved)
+    return rows, fn_counts, layout.global_rows
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Run the loss in its own precision (float32 accumulation) even inside a torch.autocast region:
+    autocast would otherwise run its similarity products in bfloat16/float16."""
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def k_stat(
@@ -259,11 +367,13 @@ def k_stat(
     quantile: float = 0.9,
     similarity: str = "cos",
     max_pairs: int = DEFAULT_MAX_PAIRS,
+    seed: int | None = None,
 ) -> Tensor:
     """k_stat of a batch: the `quantile` of all candidate similarities (paper §3.2.1, SPEC §4).
 
     Exact while N(N-2) <= `max_pairs` (N = 2B); beyond that estimated from a random sample of
-    about `max_pairs` candidate pairs without building the N×N matrix.
+    about `max_pairs` candidate pairs without building the N×N matrix. The sample is fixed by
+    `seed` (default: drawn from torch's global generator, so `torch.manual_seed` reproduces it).
 
     Returns:
         A 0-d float32 tensor without gradient.
@@ -276,7 +386,8 @@ def k_stat(
     z1, z2 = check_embeddings(z1, z2)
     check_unit_open("quantile", quantile)
     check_choice("similarity", similarity, SIMILARITIES)
-    if isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1:
-        raise ValueError(f"max_pairs must be a positive int, got {max_pairs!r}")
+    check_count("max_pairs", max_pairs, minimum=4)
+    if seed is None:
+        seed = int(torch.randint(2**31 - 1, ()))  # torch's CPU generator: no device read
     z = torch.cat([embed(z1, similarity), embed(z2, similarity)])
-    return candidate_similarity_quantile(z, quantile, max_pairs)
+    return candidate_similarity_quantile(z, quantile, max_pairs, check_count("seed", seed, minimum=0))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,13 +17,27 @@ from torch import Tensor, nn
 from . import distributed
 from ._checks import (
     check_choice,
+    check_count,
     check_embeddings,
+    check_labels,
     check_non_negative,
     check_unit_open,
+    is_real,
     thresholds_per_row,
 )
-from ._modes import REDUCTIONS, SIMILARITIES
-from .functional import candidate_layout, embed, make_settings, reduce_rows, resolve_backend, scored_rows
+from ._modes import BACKENDS, REDUCTIONS, SIMILARITIES
+from .functional import (
+    CandidateLayout,
+    autocast_off,
+    candidate_layout,
+    embed,
+    inputs_agreed,
+    known_positive_counts,
+    make_settings,
+    reduce_rows,
+    resolve_backend,
+    scored_rows,
+)
 from .threshold import DEFAULT_MAX_PAIRS, ThresholdNet, candidate_similarity_quantile
 
 UPDATES = ("epoch", "ema")
@@ -39,7 +54,10 @@ class Diagnostics:
         k_learn: `(B,)` ThresholdNet output, or None without a ThresholdNet.
         k_stat: the batch's q-quantile of candidate similarities.
         k_bar: the target k̄_stat (NaN while none exists).
-        false_negative_fraction: mean over rows of F_i / (N - 2), the share of candidates suspected.
+        false_negative_fraction: mean over rows of F_i / (N - 2), the share of candidates treated as
+            false negatives (known positives included).
+        known_positive_fraction: the share of candidates that are known positives (from ``labels``;
+            0 without labels). `suspected_fraction` is the rest of `false_negative_fraction`.
         loss_learn: L_learn, the contrastive part.
         loss_reg: L_reg, the threshold regulariser (0 while no k̄_stat exists).
         mode: the false-negative mode the call actually used (``keep`` during warmup).
@@ -55,6 +73,20 @@ class Diagnostics:
     loss_reg: Tensor
     mode: str
     epoch: int
+    known_positive_fraction: Tensor | None = None
+
+    @property
+    def suspected_fraction(self) -> Tensor:
+        """Share of candidates flagged by the threshold alone (false negatives that are not known)."""
+        if self.known_positive_fraction is None:
+            return self.false_negative_fraction
+        return self.false_negative_fraction - self.known_positive_fraction
+
+
+REG_NORMS = ("mean_square", "l2")
+THRESHOLD_UNITS = ("similarity", "logit")
+# Buffers that keep their own dtype whatever the module is cast to (see `_apply`).
+_STATE_BUFFERS = ("k_bar", "k_sum", "k_count", "epochs_done", "calibrated", "sample_step")
 
 
 class AdaptiveInfoNCE(nn.Module):
@@ -67,7 +99,10 @@ class AdaptiveInfoNCE(nn.Module):
     Args:
         dim: embedding width D; builds ``ThresholdNet(dim)`` when `threshold` is left as ``"learn"``.
         threshold: ``"learn"`` (default: a new ThresholdNet), a ThresholdNet or any module mapping
-            `(B, D)` to `(B,)`, a fixed float, or None to use k̄_stat itself as the threshold.
+            `(B, D)` to `(B,)`, a fixed float, None to use k̄_stat itself as the threshold, or
+            ``"labels"`` for no threshold at all: only the known positives passed to `forward` as
+            ``labels`` count as false negatives (the oracle of a synthetic study, or DuoRec with its
+            same-target pairs masked).
         temperature: τ > 0.
         similarity: ``"cos"`` (default) or ``"dot"``.
         false_negatives: ``"attract"`` (default), ``"drop"``, ``"relabel"`` or ``"keep"``.
@@ -83,7 +118,21 @@ class AdaptiveInfoNCE(nn.Module):
         gather_distributed: score against every rank's rows under torch.distributed.
         update: ``"epoch"`` (k̄_stat = mean of the previous epoch) or ``"ema"``.
         momentum: EMA momentum for ``update="ema"``.
-        max_pairs: pairs beyond which k_stat is estimated from a sample.
+        max_pairs: candidate pairs beyond which k_stat is estimated from a sample of about this
+            many pairs (an int >= 4).
+        reg_norm: ``"mean_square"`` (default: L_reg = mean_i (k_i − k̄_stat)², independent of the
+            batch size) or ``"l2"`` (L_reg = ‖k − k̄_stat‖₂ over the batch, as the authors' code).
+        threshold_units: ``"similarity"`` (default: k, k_stat and k̄_stat are similarities, as the
+            paper defines them) or ``"logit"`` (they are logits s/τ, as the authors' code compares
+            them; the same thing at τ = 1).
+        detach_threshold_input: True (default) feeds the ThresholdNet detached embeddings, so L_reg
+            trains the threshold network only; False lets L_reg's gradient reach the encoder too,
+            as in the authors' code.
+        calibrate: start a learned threshold that has a ``calibrate`` method (ThresholdNet) at
+            k̄_stat on its first use (default True); False keeps the untrained network's output.
+
+    On CUDA tensors the embeddings are checked for NaN and inf on the first call only: each
+    check reads a device value back to the host, and the loss makes no such read afterwards.
 
     Example:
         >>> loss_fn = AdaptiveInfoNCE(dim=16, warmup_epochs=0)
@@ -100,6 +149,7 @@ class AdaptiveInfoNCE(nn.Module):
     k_count: Tensor
     epochs_done: Tensor
     calibrated: Tensor
+    sample_step: Tensor
 
     def __init__(
         self,
@@ -121,6 +171,10 @@ class AdaptiveInfoNCE(nn.Module):
         update: str = "epoch",
         momentum: float = 0.99,
         max_pairs: int = DEFAULT_MAX_PAIRS,
+        reg_norm: str = "mean_square",
+        threshold_units: str = "similarity",
+        detach_threshold_input: bool = True,
+        calibrate: bool = True,
     ) -> None:
         super().__init__()
         self.settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
@@ -136,30 +190,36 @@ class AdaptiveInfoNCE(nn.Module):
             )
         self.quantile = check_unit_open("quantile", quantile)
         self.reg_weight = check_non_negative("reg_weight", reg_weight)
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
-        self.warmup_epochs = warmup_epochs
-        self.backend = check_choice("backend", backend, ("auto", "reference", "triton"))
+        self.warmup_epochs = check_count("warmup_epochs", warmup_epochs, minimum=0)
+        self.backend = check_choice("backend", backend, BACKENDS)
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.gather_distributed = bool(gather_distributed)
         self.update = check_choice("update", update, UPDATES)
         self.momentum = check_unit_open("momentum", momentum)
-        self.max_pairs = max_pairs
+        self.max_pairs = check_count("max_pairs", max_pairs, minimum=4)
+        self.reg_norm = check_choice("reg_norm", reg_norm, REG_NORMS)
+        self.threshold_units = check_choice("threshold_units", threshold_units, THRESHOLD_UNITS)
+        self.detach_threshold_input = bool(detach_threshold_input)
+        self.calibrate = bool(calibrate)
 
         self.threshold_net: nn.Module | None = None
         self.fixed_threshold: float | None = None
-        if isinstance(threshold, str):
+        self.labels_only = isinstance(threshold, str) and threshold == "labels"
+        if self.labels_only:
+            if not self.settings.uses_threshold:
+                raise ValueError('threshold="labels" needs a mode that handles false negatives, not "keep"')
+        elif isinstance(threshold, str):
             if threshold != "learn":
-                raise ValueError(f'threshold={threshold!r}: pass "learn", a module, a float or None')
+                raise ValueError(f'threshold={threshold!r}: pass "learn", "labels", a module, a float or None')
             if dim is None:
                 raise ValueError('AdaptiveInfoNCE(threshold="learn") builds ThresholdNet(dim): pass dim=D')
             self.threshold_net = ThresholdNet(dim, similarity=similarity)
         elif isinstance(threshold, nn.Module):
             self.threshold_net = threshold
-        elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
-            if math.isnan(threshold):
+        elif is_real(threshold):
+            self.fixed_threshold = float(threshold)  # type: ignore[arg-type]
+            if math.isnan(self.fixed_threshold):
                 raise ValueError("threshold is NaN")
-            self.fixed_threshold = float(threshold)
         elif threshold is not None:
             raise TypeError(f"threshold must be 'learn', a module, a float or None, got {type(threshold).__name__}")
 
@@ -168,25 +228,40 @@ class AdaptiveInfoNCE(nn.Module):
         self.register_buffer("k_count", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("epochs_done", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("calibrated", torch.tensor(False))
+        self.register_buffer("sample_step", torch.tensor(0, dtype=torch.int64))
         self.last: Diagnostics | None = None
+        # Host-side mirrors of the buffers the forward branches on, so that it never reads a device
+        # value back; `_sync_host_state` refreshes them after `load_state_dict`.
+        self._epochs = 0
+        self._has_target = False
+        self._calibrated = False
+        self._recorded_this_epoch = 0
+        self._validated = False
+        self._backends: dict[torch.device, str] = {}
+        self.register_load_state_dict_post_hook(_sync_host_state)
+
+    # ------------------------------------------------------------------------------ state
 
     @property
     def epoch(self) -> int:
         """Completed epochs (calls of `end_epoch`)."""
-        return int(self.epochs_done)
+        return self._epochs
 
     @property
     def has_target(self) -> bool:
         """Whether k̄_stat exists yet."""
-        return not bool(torch.isnan(self.k_bar))
+        return self._has_target
 
     def end_epoch(self) -> None:
         """Roll k̄_stat to the mean k_stat of the epoch just finished and count the epoch."""
-        if self.update == "epoch" and int(self.k_count) > 0:
-            self.k_bar.fill_(float(self.k_sum / self.k_count))
+        if self.update == "epoch" and self._recorded_this_epoch > 0:
+            self.k_bar.copy_(self.k_sum / self.k_count)
+            self._has_target = True
         self.k_sum.zero_()
         self.k_count.zero_()
         self.epochs_done += 1
+        self._epochs += 1
+        self._recorded_this_epoch = 0
 
     def _record_k_stat(self, k_stat: Tensor) -> None:
         if not self.training:
@@ -194,73 +269,145 @@ class AdaptiveInfoNCE(nn.Module):
         k_stat = k_stat.to(self.k_bar)
         if self.update == "ema":
             blended = self.momentum * self.k_bar + (1 - self.momentum) * k_stat
-            self.k_bar.copy_(torch.where(torch.isnan(self.k_bar), k_stat, blended))
+            self.k_bar.copy_(blended if self._has_target else k_stat)
+            self._has_target = True
         self.k_sum += k_stat
         self.k_count += 1
+        self._recorded_this_epoch += 1
 
-    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        """L_cl for two views `(B, D)` of B sequences (scalar unless ``reduction="none"``)."""
+    def _apply(self, fn: Any, recurse: bool = True) -> AdaptiveInfoNCE:  # type: ignore[override]
+        """Move the running statistics with the module but never change their dtype: `.half()` or
+        ``.to(torch.bfloat16)`` would otherwise round k̄_stat and the epoch sums to 8 or 11 bits."""
+        kept = {name: self._buffers.pop(name) for name in _STATE_BUFFERS if self._buffers.get(name) is not None}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, buffer in kept.items():
+                device = fn(torch.empty(0, device=buffer.device)).device
+                self._buffers[name] = buffer.to(device)
+        return self
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before the k_stat sample had a step counter start that counter at 0.
+        state_dict.setdefault(prefix + "sample_step", torch.zeros((), dtype=torch.int64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------ forward
+
+    def _resolve_backend(self, device: torch.device) -> str:
+        if device not in self._backends:
+            self._backends[device] = resolve_backend(self.backend, device)
+        return self._backends[device]
+
+    def _units(self, value: Tensor) -> Tensor:
+        """A similarity-unit statistic in the threshold's units."""
+        return value / self.settings.temperature if self.threshold_units == "logit" else value
+
+    def forward(
+        self,
+        z1: Tensor,
+        z2: Tensor,
+        labels: Tensor | None = None,
+        threshold_input: Tensor | None = None,
+    ) -> Tensor:
+        """L_cl for two views `(B, D)` of B sequences (scalar unless ``reduction="none"``).
+
+        Args:
+            z1, z2: `(B, D)` the two views; row b of z1 pairs with row b of z2.
+            labels: optional integer `(B,)` known-positive labels, one per sequence (negative =
+                unknown): sequences sharing a label >= 0 are false negatives of each other, whatever
+                the threshold says. Required with ``threshold="labels"``; rejected in ``keep`` mode.
+            threshold_input: optional `(B, D')` rows the threshold module reads instead of `z1`
+                (the authors' code feeds it the next-item representation of the batch).
+        """
         world = distributed.world_size() if self.gather_distributed else 1
         gather = world > 1
-        z1, z2 = check_embeddings(z1, z2, min_batch=1 if gather else 2)
-        backend = resolve_backend(self.backend, z1.device)
-        layout = candidate_layout(embed(z1, self.similarity), embed(z2, self.similarity), gather)
+
+        def check() -> tuple[Tensor, Tensor, Tensor | None]:
+            check_finite = not isinstance(z1, Tensor) or z1.device.type == "cpu" or not self._validated
+            a, b = check_embeddings(z1, z2, min_batch=1 if gather else 2, check_finite=check_finite)
+            if labels is None:
+                if self.labels_only:
+                    raise ValueError(
+                        'AdaptiveInfoNCE(threshold="labels") needs labels: call loss_fn(z1, z2, labels=...)'
+                    )
+                return a, b, None
+            if not self.settings.uses_threshold:
+                raise ValueError(
+                    'false_negatives="keep" handles no false negatives and takes no labels; use "drop", '
+                    '"attract" or "relabel" for known positives, or leave labels=None'
+                )
+            return a, b, check_labels(labels, a.shape[0], a.device)
+
+        (z1, z2, labels), counts = inputs_agreed(gather, check, z1, labels)
+        self._validated = True
+        backend = self._resolve_backend(z1.device)
+        with autocast_off(z1.device):
+            return self._loss(z1, z2, labels, threshold_input, counts, world, backend)
+
+    def _loss(
+        self,
+        z1: Tensor,
+        z2: Tensor,
+        labels: Tensor | None,
+        threshold_input: Tensor | None,
+        counts: list[int] | None,
+        world: int,
+        backend: str,
+    ) -> Tensor:
+        gather = world > 1
+        layout = candidate_layout(embed(z1, self.similarity), embed(z2, self.similarity), gather, labels, counts)
         columns = layout.columns.detach()
-        batch_k_stat = candidate_similarity_quantile(columns, self.quantile, self.max_pairs)
+        batch_k_stat = self._units(
+            candidate_similarity_quantile(columns, self.quantile, self.max_pairs, self.sample_step)
+        )
+        if self.training:
+            self.sample_step += 1
         self._record_k_stat(batch_k_stat)
 
-        warm = int(self.epochs_done) < self.warmup_epochs
-        calibrate = getattr(self.threshold_net, "calibrate", None)
-        if not warm and callable(calibrate) and not bool(self.calibrated):
-            # First use of the learned threshold: start it at k̄_stat (or, with no target yet, at
-            # this batch's k_stat) rather than at an arbitrary k of the untrained network.
-            calibrate(float(self.k_bar) if self.has_target else float(batch_k_stat))
-            self.calibrated.fill_(True)
-
-        k_learn: Tensor | None = None
-        if self.threshold_net is not None:
-            if isinstance(self.threshold_net, ThresholdNet) and gather:
-                # Batch statistics of every rank's first views (already gathered, and embedded,
-                # which g's own normalisation leaves unchanged), so g sees what one process would.
-                k_learn = self.threshold_net(z1.detach(), columns[: layout.batch])
-            else:
-                k_learn = self.threshold_net(z1.detach())
-            if k_learn.shape != (z1.shape[0],):
-                raise ValueError(f"the threshold module must map (B, D) to (B,), got {tuple(k_learn.shape)}")
-            k: Tensor | float | None = k_learn
+        # Warm-up collects k_stat before a threshold that depends on it is used; labels alone need none.
+        warm = self._epochs < self.warmup_epochs and not self.labels_only
+        k_learn = (
+            None
+            if self.threshold_net is None
+            else self._learned_threshold(z1, threshold_input, layout, warm, batch_k_stat)
+        )
+        k: Tensor | float | None
+        if k_learn is not None:
+            k = k_learn
         elif self.fixed_threshold is not None:
             k = self.fixed_threshold
+        elif self.labels_only or not self._has_target:
+            k = None
         else:
-            k = self.k_bar if self.has_target else None
+            k = self.k_bar
 
         settings = self.settings
-        if warm or k is None:
+        if warm:
+            k = None  # no threshold yet: the known positives alone, or plain InfoNCE without them
+        if k is None and labels is None:
             settings = make_settings(
                 settings.temperature, "keep", settings.positive_weight, settings.mask, settings.mask_temperature
             )
         thresholds = None
-        if settings.uses_threshold:
-            assert k is not None
-            thresholds = thresholds_per_row(k, z1.shape[0], layout.rows)
+        if settings.uses_threshold and k is not None:
+            in_similarity = k * settings.temperature if self.threshold_units == "logit" else k
+            thresholds = thresholds_per_row(in_similarity, z1.shape[0], layout.rows, check_nan=k is not k_learn)
             if settings.mask == "hard":
                 thresholds = thresholds.detach()
         rows, counts = scored_rows(layout, thresholds, settings, backend)
         global_rows = layout.global_rows
 
         loss_reg = torch.zeros((), dtype=rows.dtype, device=rows.device)
-        if k_learn is not None and self.has_target and not warm:
-            # The mean over the B sequences of the whole (gathered) batch; under gathering this
-            # rank's share, scaled like the rows (see functional.reduce_rows).
-            square = (k_learn.to(rows.dtype) - self.k_bar.to(rows.dtype)).square()
-            loss_reg = reduce_rows(square, "mean", global_rows // 2, world)
+        if k_learn is not None and self._has_target and not warm:
+            loss_reg = self._regulariser(k_learn.to(rows.dtype), layout, world)
         loss_learn = reduce_rows(rows, self.reduction, global_rows, world)
         loss = loss_learn + self.reg_weight * loss_reg
 
-        n_rows = rows.shape[0]
+        known = known_positive_counts(layout)
+        nan = torch.full((rows.shape[0],), float("nan"), device=rows.device)
         self.last = Diagnostics(
-            k=thresholds.detach()
-            if thresholds is not None
-            else torch.full((n_rows,), float("nan"), device=rows.device),
+            k=nan if thresholds is None else thresholds.detach(),
             k_learn=None if k_learn is None else k_learn.detach(),
             k_stat=batch_k_stat,
             k_bar=self.k_bar.detach().clone(),
@@ -268,9 +415,56 @@ class AdaptiveInfoNCE(nn.Module):
             loss_learn=loss_learn.detach().mean(),
             loss_reg=loss_reg.detach(),
             mode=settings.false_negatives,
-            epoch=int(self.epochs_done),
+            epoch=self._epochs,
+            known_positive_fraction=None if known is None else known.to(rows.dtype).mean() / max(global_rows - 2, 1),
         )
         return loss
+
+    def _learned_threshold(
+        self, z1: Tensor, threshold_input: Tensor | None, layout: CandidateLayout, warm: bool, batch_k_stat: Tensor
+    ) -> Tensor:
+        """k_learn `(B,)` from the threshold module, calibrated on its first use in training."""
+        assert self.threshold_net is not None
+        calibrate = getattr(self.threshold_net, "calibrate", None)
+        if self.calibrate and self.training and not warm and callable(calibrate) and not self._calibrated:
+            # First use of the learned threshold: start it at k̄_stat (or, with no target yet, at
+            # this batch's k_stat) rather than at an arbitrary k of the untrained network.
+            calibrate(self.k_bar if self._has_target else batch_k_stat)
+            self.calibrated.fill_(True)
+            self._calibrated = True
+        source = z1 if threshold_input is None else threshold_input
+        if self.detach_threshold_input:
+            source = source.detach()
+        net = self.threshold_net
+        if (
+            isinstance(net, ThresholdNet)
+            and net.arch == "set"
+            and self.gather_distributed
+            and layout.batch > source.shape[0]
+        ):
+            # Batch statistics of every rank's rows, so that g sees what one process would.
+            if threshold_input is None:
+                batch = layout.columns[: layout.batch].detach()
+            else:
+                batch = distributed.gather_rows(source.detach())[0]
+            k_learn = net(source, batch)
+        else:
+            k_learn = net(source)
+        if k_learn.shape != (z1.shape[0],):
+            raise ValueError(f"the threshold module must map (B, D) to (B,), got {tuple(k_learn.shape)}")
+        return k_learn
+
+    def _regulariser(self, k_learn: Tensor, layout: CandidateLayout, world: int) -> Tensor:
+        """L_reg of this process's rows; under gathering its share, scaled like the rows (see
+        `functional.reduce_rows`) so that the average over ranks is the single-process value."""
+        difference = k_learn - self.k_bar.to(k_learn.dtype)
+        if self.reg_norm == "mean_square":
+            return reduce_rows(difference.square(), "mean", layout.global_rows // 2, world)
+        if world > 1:
+            # A norm does not split into per-rank shares: every rank takes the whole batch's norm.
+            # DDP averages the gradients, and the gathered rows' backward sums over ranks.
+            difference = distributed.gather_rows(difference)[0]
+        return torch.linalg.vector_norm(difference)
 
     def extra_repr(self) -> str:
         s = self.settings
@@ -279,3 +473,12 @@ class AdaptiveInfoNCE(nn.Module):
             f"similarity={self.similarity!r}, quantile={self.quantile}, reg_weight={self.reg_weight}, "
             f"warmup_epochs={self.warmup_epochs}, update={self.update!r}"
         )
+
+
+def _sync_host_state(module: nn.Module, _incompatible: Any) -> None:
+    """Refresh the host-side mirrors from loaded buffers (one read of each, at load time only)."""
+    assert isinstance(module, AdaptiveInfoNCE)
+    module._epochs = int(module.epochs_done)
+    module._has_target = not bool(torch.isnan(module.k_bar))
+    module._calibrated = bool(module.calibrated)
+    module._recorded_this_epoch = int(module.k_count)

@@ -10,6 +10,7 @@ Forward, for row i with s_j = q_i·k_j and l_j = s_j/τ, over candidates C(i) (a
 self and partner):
 
     ν_j = [s_j <= k_i]  (hard)  or  sigmoid((k_i - s_j)/β)  (soft);   φ_j = 1 - ν_j;  F = Σ_C φ_j
+    with known positives κ_j = [label_i = label_j >= 0]:  ν_j ← (1 - κ_j) ν_j  (no threshold: ν_j = 1 - κ_j)
     w_j = ν_j for drop/attract, 1 for keep/relabel;  w_partner = 1
     lse = log Σ_j w_j e^{l_j}
     y_j = (1-α) φ_j / max(F, 1) for attract/relabel (0 otherwise);  y_partner = 1 - Σ_C y_j
@@ -23,9 +24,16 @@ Backward (recomputing the blocks, like flash attention), with P_j = w_j e^{l_j -
     ∂ℓ/∂ν_j = [drop/attract] e^{l_j - lse} + [attract/relabel] (1-α)/max(F,1) · (l_j - l_p - [F>1] A/F)
     A = Σ_C φ_j (l_j - l_p)
 
-and dQ = G K, dK = Gᵀ Q with G_ij = g_i ∂ℓ_i/∂s_ij. The forward saves P and ν (one Nq×Nk float
-and one bool matrix) so the backward needs no second similarity product for the hard mask; rows
-are processed in chunks so that the temporaries of one chunk stay in cache.
+and dQ = G K, dK = Gᵀ Q with G_ij = g_i ∂ℓ_i/∂s_ij. Rows are processed in chunks so that the
+temporaries of one chunk stay in cache.
+
+With a hard mask (or labels alone, or ``keep``) ∂ℓ/∂l = P - y does not depend on g, so the
+forward stores it (one Nq×Nk float block) and the backward is a row scaling and two matrix
+products, as cheap as plain InfoNCE's. The soft mask saves P and ν instead and recomputes the
+similarities. On CPUs ``exp`` slows down several-fold on a block with -inf scattered through it,
+so masked-out entries are pushed far below the row maximum and floored at e^{-80} instead: each
+adds less than e^{-80} to a denominator whose largest term is 1, below float32 (and float64)
+resolution of the sum.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from ._modes import DENOMINATOR_MASKED, SOFT_LABELLED
 
 # Elements per dense block: 2^20 float32 values (4 MiB) keep a block in a CPU's cache.
 _BLOCK_ELEMENTS = 1 << 20
+# Floor of the shifted denominator logits (see the module docstring); e^{-80} is a normal float32.
+_EXP_FLOOR = -80.0
 
 
 @dataclass(frozen=True)
@@ -71,16 +81,38 @@ def _row_chunk(num_rows: int, num_cols: int) -> int:
 
 
 def _negative_weights(
-    s: Tensor, thr: Tensor, rows: Tensor, partner: Tensor, self_index: Tensor, settings: LossSettings
+    s: Tensor,
+    thr: Tensor | None,
+    known: Tensor | None,
+    rows: Tensor,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
 ) -> Tensor:
-    """ν of a block on C(i), zero on the self and partner columns; bool (hard) or float (soft)."""
-    if settings.mask == "hard":
+    """ν of a block on C(i), zero on the self and partner columns and on known positives; bool (hard,
+    or labels alone when there is no threshold) or float (soft)."""
+    if thr is None:
+        assert known is not None
+        nu = ~known
+    elif settings.mask == "hard":
         nu = s <= thr[:, None]
+        if known is not None:
+            nu &= ~known
     else:
         nu = torch.sigmoid((thr[:, None] - s) / settings.mask_temperature)
+        if known is not None:
+            nu.masked_fill_(known, 0.0)
     nu[rows, self_index] = 0
     nu[rows, partner] = 0
     return nu
+
+
+def known_positives(row_labels: Tensor, column_labels: Tensor) -> Tensor:
+    """κ of a block: True where a column shares the row's known (non-negative) label, SPEC §8.
+
+    Self and partner columns are True too when labelled; every caller treats them separately.
+    """
+    return (row_labels[:, None] == column_labels[None, :]) & (row_labels >= 0)[:, None]
 
 
 def _denominator_logits(
@@ -143,124 +175,394 @@ def label_centre(fn_count: Tensor, partner_logit: Tensor, phi_logit_sum: Tensor)
     return partner_logit + torch.where(fn_count > 1, spread_mean, 0.0)
 
 
+def _masked_offset(dtype: torch.dtype) -> float:
+    """How far masked-out similarities are pushed down: far below any finite similarity."""
+    return torch.finfo(dtype).max / 4
+
+
+def _false_negative_block(
+    sims: Tensor,
+    thr: Tensor | None,
+    row_labels: Tensor | None,
+    column_labels: Tensor | None,
+    rows: Tensor,
+    partner: Tensor,
+    self_index: Tensor,
+    out: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """φ of a block of similarities as 0/1 floats: above the threshold or a known positive, on C(i) only.
+
+    `out`: two buffers shaped like `sims` to write into (reused across chunks instead of allocated).
+    """
+    phi = torch.empty_like(sims) if out is None else out[0]
+    if thr is not None:
+        torch.gt(sims, thr[:, None], out=phi)
+    if row_labels is not None and column_labels is not None:
+        known = torch.empty_like(sims) if out is None else out[1]
+        torch.eq(row_labels[:, None], column_labels[None, :], out=known)
+        if thr is None:
+            phi = known
+        else:
+            torch.maximum(phi, known, out=phi)
+    phi[rows, self_index] = 0
+    phi[rows, partner] = 0
+    return phi
+
+
+def _hard_forward(
+    q: Tensor,
+    k: Tensor,
+    thr: Tensor | None,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
+    row_labels: Tensor | None,
+    column_labels: Tensor | None,
+) -> tuple[Tensor, ...]:
+    """Hard mask, labels alone, or ``keep``: row statistics and the block ∂ℓ/∂l = P - y."""
+    n, n_cols = q.shape[0], k.shape[0]
+    inv_tau = 1.0 / settings.temperature
+    handles_fn = settings.uses_threshold
+    grad_logits = q.new_empty((n, n_cols))
+    lse = q.new_empty(n)
+    partner_logit = q.new_empty(n)
+    fn_count = q.new_zeros(n)
+    phi_logit_sum = q.new_zeros(n)
+    if row_labels is not None and column_labels is not None:
+        # Unknown labels (< 0) must match nothing: rows get -1, columns -2.
+        row_labels = torch.where(row_labels < 0, -1, row_labels)
+        column_labels = torch.where(column_labels < 0, -2, column_labels)
+    # keep compares nothing with a threshold, so 1/τ can be folded into q (one pass less per block).
+    q_in = q if handles_fn else q * inv_tau
+    step = _row_chunk(n, n_cols)
+    # Buffers reused by every chunk: φ, κ and the product φ·s (allocating them per chunk costs more
+    # than filling them on a CPU).
+    work = q.new_empty((3, min(step, n), n_cols)) if handles_fn else None
+    for start in range(0, n, step):
+        sl = slice(start, min(n, start + step))
+        p_sl, s_sl = partner[sl], self_index[sl]
+        rows = torch.arange(p_sl.shape[0], device=q.device)
+        sims = q_in[sl] @ k.T  # similarities (logits for keep)
+        partner_logit[sl] = sims[rows, p_sl] * (inv_tau if handles_fn else 1.0)
+        phi = None
+        if handles_fn:
+            phi = _false_negative_block(
+                sims,
+                None if thr is None else thr[sl],
+                None if row_labels is None else row_labels[sl],
+                column_labels,
+                rows,
+                p_sl,
+                s_sl,
+                None if work is None else (work[0, : len(rows)], work[1, : len(rows)]),
+            )
+            fn_count[sl] = phi.sum(1)
+            if settings.soft_labels:
+                assert work is not None
+                phi_logit_sum[sl] = torch.mul(phi, sims, out=work[2, : len(rows)]).sum(1) * inv_tau
+            if settings.masks_denominator:
+                sims.add_(phi, alpha=-_masked_offset(sims.dtype))
+        sims[rows, s_sl] = float("-inf")
+        row_max = sims.amax(1, keepdim=True)
+        shifted = sims.sub_(row_max)
+        if handles_fn:
+            shifted.mul_(inv_tau).clamp_min_(_EXP_FLOOR)
+            row_max = row_max * inv_tau
+        exp = shifted.exp_()
+        exp[rows, s_sl] = 0
+        total = exp.sum(1, keepdim=True)
+        lse[sl] = (row_max + total.log()).squeeze(1)
+        block = torch.div(exp, total, out=grad_logits[sl])
+        spread, partner_label = label_terms(fn_count[sl], settings)
+        if phi is not None and settings.soft_labels:
+            block.addcmul_(phi, spread[:, None], value=-1)
+        block[rows, p_sl] -= partner_label
+    rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
+    return rows_loss, fn_count, grad_logits, None, lse, partner_logit, phi_logit_sum
+
+
+def _soft_forward(
+    q: Tensor,
+    k: Tensor,
+    thr: Tensor,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
+    row_labels: Tensor | None,
+    column_labels: Tensor | None,
+) -> tuple[Tensor, ...]:
+    """Soft mask: row statistics, the softmax P and the mask ν (the backward needs both)."""
+    n, n_cols = q.shape[0], k.shape[0]
+    labelled = row_labels is not None and column_labels is not None
+    prob = q.new_empty((n, n_cols))
+    nu_all = q.new_empty((n, n_cols))
+    lse = q.new_empty(n)
+    partner_logit = q.new_empty(n)
+    fn_count = q.new_zeros(n)
+    phi_logit_sum = q.new_zeros(n)
+    step = _row_chunk(n, n_cols)
+    for start in range(0, n, step):
+        sl = slice(start, min(n, start + step))
+        p_sl, s_sl = partner[sl], self_index[sl]
+        rows = torch.arange(p_sl.shape[0], device=q.device)
+        logits = q[sl] @ k.T
+        known = known_positives(row_labels[sl], column_labels) if labelled else None  # type: ignore[index]
+        nu = _negative_weights(logits, thr[sl], known, rows, p_sl, s_sl, settings)
+        log_nu = None
+        if settings.masks_denominator:
+            log_nu = F.logsigmoid((thr[sl, None] - logits) / settings.mask_temperature)
+            if known is not None:
+                log_nu.masked_fill_(known, float("-inf"))
+        nu_all[sl] = nu
+        # Σ(1 - ν) directly: |C| - Σν loses digits when most ν are near 1
+        phi = 1 - nu
+        phi[rows, s_sl] = 0
+        phi[rows, p_sl] = 0
+        fn_count[sl] = phi.sum(1)
+        logits.mul_(1.0 / settings.temperature)
+        partner_logit[sl] = logits[rows, p_sl]
+        if settings.soft_labels:
+            phi_logit_sum[sl] = _phi_logit_sum(logits, nu, rows, p_sl, s_sl)
+        # Softmax over the denominator, shifted by its own row max for stability.
+        exp = _denominator_logits(logits, nu, log_nu, rows, p_sl, s_sl, settings)
+        row_max = exp.amax(1, keepdim=True)
+        exp.sub_(row_max).exp_()
+        total = exp.sum(1, keepdim=True)
+        lse[sl] = (row_max + total.log()).squeeze(1)
+        torch.div(exp, total, out=prob[sl])
+    rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
+    return rows_loss, fn_count, prob, nu_all, lse, partner_logit, phi_logit_sum
+
+
+def _soft_backward(
+    q: Tensor,
+    k: Tensor,
+    thresholds: Tensor,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
+    prob: Tensor,
+    nu_all: Tensor,
+    fn_count: Tensor,
+    partner_logit: Tensor,
+    phi_logit_sum: Tensor,
+    g: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    spread, partner_label = label_terms(fn_count, settings)
+    centre = label_centre(fn_count, partner_logit, phi_logit_sum)
+    n = q.shape[0]
+    grad_q = torch.empty_like(q)
+    grad_k = torch.zeros_like(k)
+    grad_thr = torch.zeros_like(fn_count)
+    step = _row_chunk(n, k.shape[0])
+    for start in range(0, n, step):
+        sl = slice(start, min(n, start + step))
+        p_sl, s_sl = partner[sl], self_index[sl]
+        rows = torch.arange(p_sl.shape[0], device=q.device)
+        nu = nu_all[sl]
+        # ∂ℓ/∂l = P - y, labels (1-α)/max(F,1) on the suspected false negatives.
+        if settings.soft_labels:
+            dlogits = prob[sl] - (1 - nu) * spread[sl, None]
+            dlogits[rows, s_sl] = 0
+            dlogits[rows, p_sl] = prob[sl][rows, p_sl]
+        else:
+            dlogits = prob[sl].clone()
+        dlogits[rows, p_sl] -= partner_label[sl]
+        dsim = dlogits.mul_(1.0 / settings.temperature)
+        # D = ∂ℓ/∂ν · νφ/β, zero off C(i) because ν is zero on the self and partner columns
+        # (and on known positives, whose ν does not depend on the threshold).
+        # The denominator's part ν·e^{l-lse} is P itself: e^{l-lse} alone can overflow
+        # where ν has underflowed to 0.
+        phi = 1 - nu
+        dmask = torch.zeros_like(dsim)
+        if settings.masks_denominator:
+            dmask += prob[sl] * phi
+            dmask[rows, p_sl] = 0  # the partner is no candidate: φ there is not 1 - ν
+        if settings.soft_labels:
+            logits = (q[sl] @ k.T).mul_(1.0 / settings.temperature)
+            logits.sub_(centre[sl, None]).mul_(spread[sl, None])
+            dmask += logits.mul_(nu * phi)
+        dmask.mul_(1.0 / settings.mask_temperature)
+        dsim.sub_(dmask)
+        grad_thr[sl] = dmask.sum(1) * g[sl]
+        dsim.mul_(g[sl, None])
+        torch.mm(dsim, k, out=grad_q[sl])
+        grad_k.addmm_(dsim.T, q[sl])
+    return grad_q, grad_k, grad_thr.to(thresholds.dtype)
+
+
+def _hard_backward(
+    q: Tensor, k: Tensor, grad_logits: Tensor, g: Tensor, settings: LossSettings
+) -> tuple[Tensor, Tensor]:
+    """dQ = G K and dK = Gᵀ Q with G = g ⊙ (P - y)/τ from the stored block."""
+    n = q.shape[0]
+    scale = g * (1.0 / settings.temperature)
+    grad_q = torch.empty_like(q)
+    grad_k = torch.zeros_like(k)
+    step = _row_chunk(n, k.shape[0])
+    work = grad_logits.new_empty((min(step, n), k.shape[0]))  # one buffer for every chunk, not one each
+    for start in range(0, n, step):
+        sl = slice(start, min(n, start + step))
+        block = torch.mul(grad_logits[sl], scale[sl, None], out=work[: sl.stop - sl.start])
+        torch.mm(block, k, out=grad_q[sl])
+        grad_k.addmm_(block.T, q[sl])
+    return grad_q, grad_k
+
+
+def _is_soft(settings: LossSettings, thresholds: Tensor | None) -> bool:
+    """Whether the soft-mask path runs: a soft mask needs a threshold to soften (labels alone are hard)."""
+    return settings.mask == "soft" and settings.uses_threshold and thresholds is not None
+
+
 class MaskedInfoNCEFunction(torch.autograd.Function):
-    """Dense masked InfoNCE. Saves the softmax P and the mask ν (the reference path trades
-    O(Nq·Nk) memory for speed; the Triton backend recomputes instead) and per-row statistics."""
+    """Dense masked InfoNCE over row chunks, with the row statistics and one Nq×Nk block saved.
+
+    Written in the ``setup_context`` form so that ``torch.func`` transforms accept it; the
+    blocks it saves are extra (non-differentiable) outputs that `masked_info_nce_rows` drops.
+    Under ``create_graph=True`` the backward differentiates `dense_rows` instead, so higher-order
+    gradients are exact.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
         q: Tensor,
         k: Tensor,
         thresholds: Tensor | None,
         partner: Tensor,
         self_index: Tensor,
         settings: LossSettings,
-    ) -> tuple[Tensor, Tensor]:
-        n, n_cols = q.shape[0], k.shape[0]
+        row_labels: Tensor | None,
+        column_labels: Tensor | None,
+    ) -> tuple[Tensor | None, ...]:
         thr = None if thresholds is None else thresholds.to(q.dtype)
-        prob = q.new_empty((n, n_cols))
-        nu_all: Tensor | None = None
-        if settings.uses_threshold:
-            nu_all = torch.empty((n, n_cols), dtype=torch.bool if settings.mask == "hard" else q.dtype, device=q.device)
-        lse = q.new_empty(n)
-        partner_logit = q.new_empty(n)
-        fn_count = q.new_zeros(n)
-        phi_logit_sum = q.new_zeros(n)
-        step = _row_chunk(n, n_cols)
-        for start in range(0, n, step):
-            sl = slice(start, min(n, start + step))
-            p_sl, s_sl = partner[sl], self_index[sl]
-            rows = torch.arange(p_sl.shape[0], device=q.device)
-            logits = q[sl] @ k.T
-            nu = log_nu = None
-            if nu_all is not None:
-                assert thr is not None
-                nu = _negative_weights(logits, thr[sl], rows, p_sl, s_sl, settings)
-                if settings.mask == "soft" and settings.masks_denominator:
-                    log_nu = F.logsigmoid((thr[sl, None] - logits) / settings.mask_temperature)
-                nu_all[sl] = nu
-                if nu.dtype == torch.bool:
-                    fn_count[sl] = (n_cols - 2) - nu.sum(1, dtype=q.dtype)
-                else:  # Σ(1 - ν) directly: |C| - Σν loses digits when most ν are near 1
-                    phi = 1 - nu
-                    phi[rows, s_sl] = 0
-                    phi[rows, p_sl] = 0
-                    fn_count[sl] = phi.sum(1)
-            logits.mul_(1.0 / settings.temperature)
-            partner_logit[sl] = logits[rows, p_sl]
-            if nu is not None and settings.soft_labels:
-                phi_logit_sum[sl] = _phi_logit_sum(logits, nu, rows, p_sl, s_sl)
-            # Softmax over the denominator, shifted by its own row max for stability.
-            exp = _denominator_logits(logits, nu, log_nu, rows, p_sl, s_sl, settings)
-            row_max = exp.amax(1, keepdim=True)
-            exp.sub_(row_max).exp_()
-            total = exp.sum(1, keepdim=True)
-            lse[sl] = (row_max + total.log()).squeeze(1)
-            torch.div(exp, total, out=prob[sl])
-        rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
-        ctx.save_for_backward(
-            q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum
-        )
-        ctx.settings = settings
-        ctx.mark_non_differentiable(fn_count)
-        return rows_loss, fn_count
+        if not settings.uses_threshold:
+            thr = row_labels = column_labels = None
+        if _is_soft(settings, thr):
+            assert thr is not None
+            return _soft_forward(q, k, thr, partner, self_index, settings, row_labels, column_labels)
+        return _hard_forward(q, k, thr, partner, self_index, settings, row_labels, column_labels)
 
     @staticmethod
-    def backward(ctx: Any, grad_rows: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        (q, k, thresholds, partner, self_index, prob, nu_all, lse, partner_logit, fn_count, phi_logit_sum) = (
-            ctx.saved_tensors
-        )
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor | None, ...]) -> None:
+        q, k, thresholds, partner, self_index, settings, row_labels, column_labels = inputs
+        _, fn_count, block, nu_all, _, partner_logit, phi_logit_sum = output
+        ctx.save_for_backward(
+            q, k, thresholds, partner, self_index, row_labels, column_labels,
+            block, nu_all, fn_count, partner_logit, phi_logit_sum,
+        )  # fmt: skip
+        ctx.settings = settings
+        ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
+        # The saved blocks are outputs too: without this, every backward would allocate and zero an
+        # Nq×Nk gradient for them that nothing reads.
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx: Any, grad_rows: Tensor | None, *_unused: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (q, k, thresholds, partner, self_index, row_labels, column_labels, block, nu_all, fn_count, partner_logit,
+         phi_logit_sum) = ctx.saved_tensors  # fmt: skip
         settings: LossSettings = ctx.settings
-        soft = settings.mask == "soft" and settings.uses_threshold
-        grad_thr = torch.zeros_like(lse) if soft else None
-        spread, partner_label = label_terms(fn_count, settings)
-        centre = label_centre(fn_count, partner_logit, phi_logit_sum)
+        if grad_rows is None:  # only the (non-differentiable) side outputs reached the backward
+            return (None,) * 8
+        if torch.is_grad_enabled():
+            return _differentiable_backward(
+                ctx, q, k, thresholds, partner, self_index, settings, row_labels, column_labels, grad_rows
+            )
         g = grad_rows.to(q.dtype)
-        n = q.shape[0]
-        grad_q = torch.empty_like(q)
-        grad_k = torch.zeros_like(k)
-        step = _row_chunk(n, k.shape[0])
-        for start in range(0, n, step):
-            sl = slice(start, min(n, start + step))
-            p_sl, s_sl = partner[sl], self_index[sl]
-            rows = torch.arange(p_sl.shape[0], device=q.device)
-            nu = None if nu_all is None else nu_all[sl]
-            # ∂ℓ/∂l = P - y, labels (1-α)/max(F,1) on the suspected false negatives.
-            if nu is not None and settings.soft_labels:
-                if nu.dtype == torch.bool:
-                    dlogits = torch.where(nu, prob[sl], prob[sl] - spread[sl, None])
-                else:
-                    dlogits = prob[sl] - (1 - nu) * spread[sl, None]
-                dlogits[rows, s_sl] = 0
-                dlogits[rows, p_sl] = prob[sl][rows, p_sl]
-            else:
-                dlogits = prob[sl].clone()
-            dlogits[rows, p_sl] -= partner_label[sl]
-            dsim = dlogits.mul_(1.0 / settings.temperature)
-            if soft:
-                assert nu is not None and grad_thr is not None
-                # D = ∂ℓ/∂ν · νφ/β, zero off C(i) because ν is zero on the self and partner columns.
-                # The denominator's part ν·e^{l-lse} is P itself: e^{l-lse} alone can overflow
-                # where ν has underflowed to 0.
-                phi = 1 - nu
-                dmask = torch.zeros_like(dsim)
-                if settings.masks_denominator:
-                    dmask += prob[sl] * phi
-                    dmask[rows, p_sl] = 0  # the partner is no candidate: φ there is not 1 - ν
-                if settings.soft_labels:
-                    logits = (q[sl] @ k.T).mul_(1.0 / settings.temperature)
-                    logits.sub_(centre[sl, None]).mul_(spread[sl, None])
-                    dmask += logits.mul_(nu * phi)
-                dmask.mul_(1.0 / settings.mask_temperature)
-                dsim.sub_(dmask)
-                grad_thr[sl] = dmask.sum(1) * g[sl]
-            dsim.mul_(g[sl, None])
-            torch.mm(dsim, k, out=grad_q[sl])
-            grad_k.addmm_(dsim.T, q[sl])
-        if grad_thr is not None and thresholds is not None:
-            grad_thr = grad_thr.to(thresholds.dtype)
-        return grad_q, grad_k, grad_thr, None, None, None
+        grad_thr = None
+        if _is_soft(settings, thresholds):
+            grad_q, grad_k, grad_thr = _soft_backward(
+                q, k, thresholds, partner, self_index, settings, block, nu_all, fn_count, partner_logit,
+                phi_logit_sum, g,
+            )  # fmt: skip
+        else:
+            grad_q, grad_k = _hard_backward(q, k, block, g, settings)
+        return grad_q, grad_k, grad_thr, None, None, None, None, None
+
+
+def dense_rows(
+    q: Tensor,
+    k: Tensor,
+    thresholds: Tensor | None,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
+    row_labels: Tensor | None = None,
+    column_labels: Tensor | None = None,
+) -> Tensor:
+    """The row losses of SPEC §3 in plain differentiable torch ops on the whole Nq×Nk block.
+
+    Slower and hungrier than `MaskedInfoNCEFunction`; it exists so that gradients of gradients are
+    exact (autograd differentiates it again) and as a second, independent spelling of the math.
+    """
+    n, n_cols = q.shape[0], k.shape[0]
+    rows = torch.arange(n, device=q.device)
+    sims = q @ k.T
+    logits = sims / settings.temperature
+    columns = torch.arange(n_cols, device=q.device)
+    candidate = (columns[None, :] != self_index[:, None]) & (columns[None, :] != partner[:, None])
+    partner_logit = logits[rows, partner]
+    if not settings.uses_threshold:
+        denom = logits.masked_fill(~candidate, float("-inf")).scatter(1, partner[:, None], partner_logit[:, None])
+        return torch.logsumexp(denom, dim=1) - partner_logit
+    known = None
+    if row_labels is not None and column_labels is not None:
+        known = known_positives(row_labels, column_labels) & candidate
+    if thresholds is None:
+        assert known is not None
+        nu = (~known & candidate).to(q.dtype)
+        log_nu = torch.where(nu > 0, 0.0, float("-inf")).to(q.dtype)
+    elif settings.mask == "hard":
+        below = (sims <= thresholds[:, None]) & candidate
+        if known is not None:
+            below &= ~known
+        nu = below.to(q.dtype)
+        log_nu = torch.where(below, 0.0, float("-inf")).to(q.dtype)
+    else:
+        x = (thresholds[:, None] - sims) / settings.mask_temperature
+        keep = candidate if known is None else candidate & ~known
+        nu = torch.sigmoid(x) * keep
+        log_nu = F.logsigmoid(x).masked_fill(~keep, float("-inf"))
+    phi = (1 - nu) * candidate
+    fn_count = phi.sum(1)
+    if settings.masks_denominator:
+        denom = (logits + log_nu).masked_fill(~candidate, float("-inf"))
+    else:
+        denom = logits.masked_fill(~candidate, float("-inf"))
+    denom = denom.scatter(1, partner[:, None], partner_logit[:, None])
+    lse = torch.logsumexp(denom, dim=1)
+    phi_logit_sum = (phi * logits).sum(1)
+    return row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
+
+
+def _differentiable_backward(
+    ctx: Any,
+    q: Tensor,
+    k: Tensor,
+    thresholds: Tensor | None,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
+    row_labels: Tensor | None,
+    column_labels: Tensor | None,
+    grad_rows: Tensor,
+) -> tuple[Tensor | None, ...]:
+    """The backward under ``create_graph=True``: autograd through `dense_rows`, so that the returned
+    gradients are themselves differentiable (w.r.t. the inputs and the upstream gradient)."""
+    # Fresh nodes to differentiate by: k may be a view of q (one process scores its rows against
+    # themselves), and autograd.grad by q itself would then add the path through k to q's gradient.
+    soft = settings.mask == "soft" and settings.uses_threshold
+    q_node, k_node = q.clone(), k.clone()
+    thr_node = None if thresholds is None else (thresholds.clone() if soft else thresholds.detach())
+    rows = dense_rows(q_node, k_node, thr_node, partner, self_index, settings, row_labels, column_labels)
+    nodes = (q_node, k_node, thr_node)
+    needs = ctx.needs_input_grad[:3]
+    taken = [need and t is not None and t.requires_grad for t, need in zip(nodes, needs, strict=True)]
+    wanted = [t for t, take in zip(nodes, taken, strict=True) if take]
+    grads = iter(torch.autograd.grad(rows, wanted, grad_outputs=grad_rows, create_graph=True, allow_unused=True))
+    out = [next(grads) if take else None for take in taken]
+    if ctx.needs_input_grad[2] and thresholds is not None and out[2] is None:
+        out[2] = torch.zeros_like(thresholds)
+    return (*out, None, None, None, None, None)
 
 
 def masked_info_nce_rows(
@@ -270,10 +572,15 @@ def masked_info_nce_rows(
     partner: Tensor,
     self_index: Tensor,
     settings: LossSettings,
+    row_labels: Tensor | None = None,
+    column_labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row loss and suspected-false-negative count F (no gradient) on the reference path.
+    """Per-row loss and false-negative count F (no gradient) on the reference path.
 
     Inputs are already validated and in the compute dtype (float32 or float64); ``q`` and ``k``
-    already normalised for cosine similarity. ``thresholds`` is ``(Nq,)`` or None for ``keep``.
+    already normalised for cosine similarity. ``thresholds`` is ``(Nq,)``, or None for ``keep`` and
+    for labels alone. ``row_labels`` `(Nq,)` and ``column_labels`` `(Nk,)` (int64, negative =
+    unknown) mark known positives (SPEC §8); both or neither.
     """
-    return MaskedInfoNCEFunction.apply(q, k, thresholds, partner, self_index, settings)  # type: ignore[no-any-return]
+    out = MaskedInfoNCEFunction.apply(q, k, thresholds, partner, self_index, settings, row_labels, column_labels)
+    return out[0], out[1]

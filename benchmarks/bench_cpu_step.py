@@ -15,7 +15,16 @@ Methods:
 Usage:
     python benchmarks/bench_cpu_step.py                      # B in 256 1024 2048, D = 64
     python benchmarks/bench_cpu_step.py --batch-sizes 256 --methods adaptive lightly
-Writes benchmarks/results/cpu_step/{results.json,results.md}.
+    python benchmarks/bench_cpu_step.py --overhead           # adaptive vs keep, and where the difference goes
+Writes benchmarks/results/cpu_step/{results.json,results.md} (``--overhead``: overhead.{json,md}).
+
+``--overhead`` runs in one process and interleaves the cases: every round times each case once,
+in a rotated order, so that load from other processes hits all cases alike; the medians over
+rounds, and the median of the per-round ratios, are reported. Times are the process's CPU time
+(one thread), which load from other processes inflates far less than wall time; wall times are
+reported beside them. The cases split a step of
+`AdaptiveInfoNCE` into its parts: the batch k_stat, the ThresholdNet (forward and backward of its
+regulariser), the masked loss with fixed thresholds, and the known-positive labels.
 """
 
 from __future__ import annotations
@@ -43,12 +52,19 @@ def _build(method: str, dim: int):  # noqa: ANN202 - returns a (z1, z2) -> loss 
     import baselines
 
     if method == "adaptive":
+        import torch
+
         from adaptive_contrastive import AdaptiveInfoNCE
 
         loss_fn = AdaptiveInfoNCE(dim=dim, temperature=TEMPERATURE, warmup_epochs=0, backend="reference")
         loss_fn.train()
-        loss_fn.end_epoch()  # a k̄_stat from a "previous epoch" so that L_reg runs as in training
-        loss_fn.k_bar.fill_(0.1)
+        # A "previous epoch" leaves a k̄_stat, so that L_reg runs as in training; the target is then
+        # set to 0.1 through the state dict (the module keeps host-side copies of its state in step).
+        loss_fn(torch.randn(8, dim), torch.randn(8, dim))
+        loss_fn.end_epoch()
+        state = loss_fn.state_dict()
+        state["k_bar"] = torch.tensor(0.1, dtype=torch.float64)
+        loss_fn.load_state_dict(state)
         return loss_fn
     if method == "keep":
         return baselines.make_adaptive("keep", backend="reference", temperature=TEMPERATURE)
@@ -169,6 +185,91 @@ def to_markdown(rows: list[dict], env: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def overhead_cases(batch: int, dim: int) -> dict:  # noqa: ANN201 - name -> zero-argument step
+    """The overhead breakdown's cases on one pair of views (reference backend, τ = TEMPERATURE)."""
+    import torch
+
+    from adaptive_contrastive import AdaptiveInfoNCE
+    from adaptive_contrastive.functional import adaptive_info_nce, k_stat
+
+    torch.manual_seed(0)
+    z1 = torch.randn(batch, dim, requires_grad=True)
+    z2 = (z1.detach() + torch.randn(batch, dim)).requires_grad_(True)
+    adaptive = _build("adaptive", dim)
+    keep = AdaptiveInfoNCE(threshold=None, false_negatives="keep", temperature=TEMPERATURE, backend="reference")
+    net = adaptive.threshold_net
+    k = torch.full((batch,), 0.1)
+    labels = torch.arange(batch) // 4  # groups of four sequences share a label
+    plain = {"temperature": TEMPERATURE, "backend": "reference"}
+
+    def step(loss: object) -> None:
+        loss.backward()  # type: ignore[attr-defined]
+        z1.grad = z2.grad = None
+
+    cases = {
+        "keep": lambda: step(keep(z1, z2)),
+        "adaptive": lambda: step(adaptive(z1, z2)),
+        "k_stat": lambda: k_stat(z1.detach(), z2.detach()),
+        "threshold_net": lambda: (net(z1.detach()) - 0.1).square().mean().backward(),
+        "masked_loss": lambda: step(adaptive_info_nce(z1, z2, k, **plain)),
+    }
+    try:
+        adaptive_info_nce(z1[:4], z2[:4], k[:4], labels=labels[:4], **plain)
+        cases["masked_loss_labels"] = lambda: step(adaptive_info_nce(z1, z2, k, labels=labels, **plain))
+    except TypeError:  # a version without known positives
+        pass
+    return cases
+
+
+def measure_overhead(batch: int, dim: int, rounds: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    cases = overhead_cases(batch, dim)
+    names = list(cases)
+    for fn in cases.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            start, wall = time.process_time(), time.perf_counter()
+            cases[name]()
+            times[name].append(time.process_time() - start)
+            walls[name].append(time.perf_counter() - wall)
+    median = {name: 1e3 * statistics.median(v) for name, v in times.items()}
+    median_wall = {name: 1e3 * statistics.median(v) for name, v in walls.items()}
+    per_round = zip(times["adaptive"], times["keep"], strict=True)
+    ratios = {"adaptive / keep": statistics.median(a / k for a, k in per_round)}
+    if "masked_loss_labels" in times:
+        pairs = zip(times["masked_loss_labels"], times["masked_loss"], strict=True)
+        ratios["labels / no labels"] = statistics.median(a / b for a, b in pairs)
+    return {
+        "B": batch,
+        "D": dim,
+        "threads": threads,
+        "rounds": rounds,
+        "median_ms": median,
+        "median_wall_ms": median_wall,
+        "ratios": ratios,
+    }
+
+
+def overhead_markdown(result: dict, env: dict) -> str:
+    lines = [
+        f"B = {result['B']}, D = {result['D']}, τ = {TEMPERATURE}, float32, {result['threads']} thread(s), "
+        f"{result['rounds']} interleaved rounds; torch {env['torch']}, {env['processor']}.",
+        "",
+        "| case | median CPU ms | median wall ms |",
+        "|---|---|---|",
+        *(f"| {name} | {ms:.1f} | {result['median_wall_ms'][name]:.1f} |" for name, ms in result["median_ms"].items()),
+        "",
+        *(f"- {name}: {value:.2f}× (median of per-round CPU-time ratios)" for name, value in result["ratios"].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 2048])
@@ -178,7 +279,23 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=30.0, help="time budget per point")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "cpu_step")
     parser.add_argument("--point", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--overhead", action="store_true", help="interleaved adaptive-vs-keep breakdown instead")
+    parser.add_argument("--rounds", type=int, default=40, help="--overhead: interleaved rounds")
+    parser.add_argument("--threads", type=int, default=1, help="--overhead: torch threads")
+    parser.add_argument("--tag", default="", help="--overhead: suffix of the output files (e.g. before)")
     args = parser.parse_args()
+
+    if args.overhead:
+        env = environment()
+        result = measure_overhead(args.batch_sizes[0], args.dim, args.rounds, args.threads)
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = "overhead" + (f"_{args.tag}" if args.tag else "")
+        payload = {"environment": env, "command": " ".join(sys.argv), **result}
+        (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+        table = overhead_markdown(result, env)
+        (args.out / f"{stem}.md").write_text(table)
+        print(table)
+        return
 
     if args.point:
         method, batch, dim, repeats, budget = args.point

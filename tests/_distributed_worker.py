@@ -68,7 +68,8 @@ def run_functional(sc: dict, rank: int) -> dict:
     k = local_threshold(sc["threshold"], sizes, rank)
     if isinstance(k, torch.Tensor):
         k = k.clone().requires_grad_(sc.get("threshold_grad", False))
-    out = adaptive_info_nce(z1, z2, k, gather_distributed=True, **sc["kwargs"])
+    labels = None if sc.get("labels") is None else local_rows(sc["labels"], sizes, rank)
+    out = adaptive_info_nce(z1, z2, k, gather_distributed=True, labels=labels, **sc["kwargs"])
     if out.dim() == 0:
         out.backward()
     else:
@@ -89,7 +90,8 @@ def run_module(sc: dict, rank: int) -> dict:
     loss_fn.load_state_dict(sc["state"])
     z1 = local_rows(sc["z1"], sizes, rank).clone().requires_grad_(True)
     z2 = local_rows(sc["z2"], sizes, rank).clone().requires_grad_(True)
-    loss = loss_fn(z1, z2)
+    labels = None if sc.get("labels") is None else local_rows(sc["labels"], sizes, rank)
+    loss = loss_fn(z1, z2, labels=labels)
     loss.backward()
     last = loss_fn.last
     return {
@@ -104,7 +106,49 @@ def run_module(sc: dict, rank: int) -> dict:
         "loss_reg": last.loss_reg,
         "k_sum": loss_fn.k_sum.clone(),
         "mode": last.mode,
+        "false_negative_fraction": last.false_negative_fraction,
+        "known_positive_fraction": last.known_positive_fraction,
     }
+
+
+def run_module_steps(sc: dict, rank: int) -> dict:
+    """Several training steps and an epoch boundary: the sampled k_stat of every step, k̄_stat after."""
+    from adaptive_contrastive import AdaptiveInfoNCE
+
+    sizes = sc["sizes"]
+    torch.manual_seed(100 + rank)  # ranks' global generators differ, as with per-rank dropout seeds
+    loss_fn = AdaptiveInfoNCE(**sc["config"], gather_distributed=True)
+    loss_fn.load_state_dict(sc["state"])
+    k_stats = []
+    for z1, z2 in sc["steps"]:
+        loss_fn(local_rows(z1, sizes, rank), local_rows(z2, sizes, rank))
+        k_stats.append(loss_fn.last.k_stat.clone())
+    loss_fn.end_epoch()
+    return {"k_stats": torch.stack(k_stats), "k_bar": loss_fn.k_bar.clone()}
+
+
+def run_expect_error(sc: dict, rank: int) -> dict:
+    """Per-rank inputs that some ranks get wrong: every rank must raise (no hang), and say why."""
+    from adaptive_contrastive import AdaptiveInfoNCE
+    from adaptive_contrastive.functional import adaptive_info_nce
+
+    z1, z2 = sc["per_rank"][rank]
+    try:
+        if sc["via"] == "module":
+            AdaptiveInfoNCE(dim=z1.shape[1], gather_distributed=True, warmup_epochs=0)(z1, z2)
+        else:
+            adaptive_info_nce(z1, z2, 0.2, gather_distributed=True)
+    except (TypeError, ValueError) as error:
+        return {"raised": type(error).__name__, "message": str(error)}
+    return {"raised": None, "message": ""}
+
+
+RUNNERS = {
+    "functional": run_functional,
+    "module": run_module,
+    "module_steps": run_module_steps,
+    "expect_error": run_expect_error,
+}
 
 
 def worker(rank: int, world: int, port: int, scenarios: dict, out_dir: str) -> None:
@@ -117,8 +161,7 @@ def worker(rank: int, world: int, port: int, scenarios: dict, out_dir: str) -> N
     try:
         for name, sc in scenarios.items():
             try:
-                runner = run_functional if sc["api"] == "functional" else run_module
-                results[name] = runner(sc, rank)
+                results[name] = RUNNERS[sc["api"]](sc, rank)
             except Exception:  # recorded so that one broken scenario fails only its own test
                 results[name] = {"error": traceback.format_exc()}
             dist.barrier()

@@ -55,8 +55,13 @@ def oracle_rows(
     positive_weight: float = 0.5,
     mask: str = "hard",
     mask_temperature: float = 0.05,
+    labels: Tensor | None = None,
 ) -> Tensor:
-    """The (N,) float64 row losses ℓ_i of SPEC §3, differentiable w.r.t. z1, z2 and the threshold."""
+    """The (N,) float64 row losses ℓ_i of SPEC §3, differentiable w.r.t. z1, z2 and the threshold.
+
+    `labels` `(B,)` mark known positives (SPEC §8): a candidate sharing the row's label >= 0 counts
+    as a false negative (φ = 1) whatever the threshold says; with `threshold` None, labels alone decide.
+    """
     b = z1.shape[0]
     n = 2 * b
     rows_z = [z1[i].double() for i in range(b)] + [z2[i].double() for i in range(b)]
@@ -67,7 +72,11 @@ def oracle_rows(
     tau = float(temperature)
     alpha = float(positive_weight)
     beta = float(mask_temperature)
-    ks = None if false_negatives == "keep" else oracle_thresholds(threshold, b)  # type: ignore[arg-type]
+    ks = None if false_negatives == "keep" or threshold is None else oracle_thresholds(threshold, b)
+    seq_label = None if labels is None else [int(labels[i % b]) for i in range(n)]
+
+    def known(i: int, j: int) -> bool:
+        return seq_label is not None and seq_label[i] >= 0 and seq_label[i] == seq_label[j]
 
     losses = []
     for i in range(n):
@@ -81,17 +90,26 @@ def oracle_rows(
         if false_negatives == "keep":
             losses.append(-l_p + _log_sum_exp([l_p, *logits]))
             continue
-        k_i = ks[i]  # type: ignore[index]
-        if mask == "hard":
-            # s <= k: a true negative (ν = 1); the comparison carries no gradient to k.
-            nu = [
-                torch.tensor(1.0 if float(sj.detach()) <= float(k_i.detach()) else 0.0, dtype=torch.float64) for sj in s
-            ]
-            log_nu = [torch.tensor(0.0 if float(v) == 1.0 else -math.inf, dtype=torch.float64) for v in nu]
-        else:
-            args = [(k_i - sj) / beta for sj in s]
-            nu = [torch.sigmoid(a) for a in args]
-            log_nu = [torch.nn.functional.logsigmoid(a) for a in args]
+        one = torch.tensor(1.0, dtype=torch.float64)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        minus_inf = torch.tensor(-math.inf, dtype=torch.float64)
+        nu, log_nu = [], []
+        for j, sj in zip(cands, s, strict=True):
+            if known(i, j):  # a known positive: never a negative, whatever k says
+                nu.append(zero)
+                log_nu.append(minus_inf)
+            elif ks is None:  # labels alone decide: every other candidate is a negative
+                nu.append(one)
+                log_nu.append(zero)
+            elif mask == "hard":
+                # s <= k: a true negative (ν = 1); the comparison carries no gradient to k.
+                below = float(sj.detach()) <= float(ks[i].detach())
+                nu.append(one if below else zero)
+                log_nu.append(zero if below else minus_inf)
+            else:
+                a = (ks[i] - sj) / beta
+                nu.append(torch.sigmoid(a))
+                log_nu.append(torch.nn.functional.logsigmoid(a))
         phi = [1.0 - v for v in nu]
         f_i = torch.zeros((), dtype=torch.float64)
         for v in phi:

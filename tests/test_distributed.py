@@ -45,7 +45,15 @@ def _views(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return z1, z2
 
 
-def _functional(sizes: list[int], threshold_kind: str, seed: int, threshold_grad: bool = False, **kwargs) -> dict:
+def _labels(b: int, seed: int) -> torch.Tensor:
+    """Groups of known positives with some unknown (-1) sequences."""
+    g = torch.Generator().manual_seed(seed + 2)
+    return torch.randint(-1, max(2, b // 2), (b,), generator=g)
+
+
+def _functional(
+    sizes: list[int], threshold_kind: str, seed: int, threshold_grad: bool = False, labelled: bool = False, **kwargs
+) -> dict:
     b = sum(sizes)
     z1, z2 = _views(b, seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -65,10 +73,11 @@ def _functional(sizes: list[int], threshold_kind: str, seed: int, threshold_grad
         "threshold_grad": threshold_grad,
         "kwargs": kwargs,
         "upstream": torch.linspace(-1.0, 2.0, 2 * b, dtype=torch.float64),
+        "labels": _labels(b, seed) if labelled else None,
     }
 
 
-def _module(sizes: list[int], threshold: object, seed: int, **config) -> dict:
+def _module(sizes: list[int], threshold: object, seed: int, labelled: bool = False, **config) -> dict:
     """A module past its warmup with a target k̄ (so L_reg is active), weights fixed by the seed."""
     b = sum(sizes)
     z1, z2 = _views(b, seed)
@@ -81,7 +90,9 @@ def _module(sizes: list[int], threshold: object, seed: int, **config) -> dict:
         if isinstance(ref.threshold_net, ThresholdNet):
             ref.threshold_net.head.weight.normal_(std=0.5)  # spread k_learn so rows differ
             ref.threshold_net.head.bias.fill_(0.3)
-    return {"api": "module", "sizes": sizes, "z1": z1, "z2": z2, "config": config, "state": ref.state_dict()}
+    labels = _labels(b, seed) if labelled else None
+    state = ref.state_dict()
+    return {"api": "module", "sizes": sizes, "z1": z1, "z2": z2, "config": config, "state": state, "labels": labels}
 
 
 SCENARIOS = {
@@ -104,7 +115,50 @@ SCENARIOS = {
     "module-kbar-drop-unequal": _module([4, 3], None, 26, false_negatives="drop"),
     "module-custom-threshold-equal": _module([3, 3], RowwiseThreshold(D), 27, mask="soft"),
     "module-net-attract-single-row": _module([1, 3], "learn", 28),
+    # Known positives (SPEC §8): labels are gathered with the rows.
+    "fn-attract-hard-B-labels-unequal": _functional([2, 5], "B", 30, labelled=True, false_negatives="attract"),
+    "fn-drop-labels-only-equal": _functional([4, 4], "none", 31, labelled=True, false_negatives="drop"),
+    "fn-relabel-soft-N-labels-equal": _functional(
+        [3, 3], "N", 32, threshold_grad=True, labelled=True, false_negatives="relabel", mask="soft"
+    ),
+    "module-net-attract-labels-unequal": _module([3, 5], "learn", 33, labelled=True),
+    "module-labels-only-drop-equal": _module([4, 4], "labels", 34, labelled=True, false_negatives="drop"),
 }
+
+
+def _module_steps(sizes: list[int], seed: int, steps: int = 3) -> dict:
+    """A module whose k_stat is sampled (max_pairs far below N(N-2)) over several steps."""
+    b = sum(sizes)
+    torch.manual_seed(seed)
+    config = {"dim": D, "max_pairs": 16, "warmup_epochs": 1}
+    ref = AdaptiveInfoNCE(**config)
+    views = [_views(b, seed + i) for i in range(steps)]
+    return {"api": "module_steps", "sizes": sizes, "config": config, "state": ref.state_dict(), "steps": views}
+
+
+def _bad_inputs(kind: str) -> dict:
+    """Rank 0 holds valid views; rank 1 holds views that break one rule (or disagree with rank 0)."""
+    z1, z2 = _views(4, 40)
+    bad1, bad2 = z1.clone(), z2.clone()
+    if kind == "nan":
+        bad1[0, 0] = float("nan")
+    elif kind == "width":
+        bad1, bad2 = z1[:, :-1].clone(), z2[:, :-1].clone()
+    elif kind == "dtype":
+        bad1, bad2 = z1.float(), z2.float()
+    return {"api": "expect_error", "per_rank": [(z1, z2), (bad1, bad2)], "via": "functional"}
+
+
+SCENARIOS.update(
+    {
+        "steps-sampled-k-stat-equal": _module_steps([6, 6], 50),
+        "steps-sampled-k-stat-unequal": _module_steps([3, 9], 51),
+        "error-nan-on-one-rank": _bad_inputs("nan"),
+        "error-width-mismatch": _bad_inputs("width"),
+        "error-dtype-mismatch": _bad_inputs("dtype"),
+        "error-nan-on-one-rank-module": {**_bad_inputs("nan"), "via": "module"},
+    }
+)
 FUNCTIONAL = [n for n, s in SCENARIOS.items() if s["api"] == "functional"]
 MODULE = [n for n, s in SCENARIOS.items() if s["api"] == "module"]
 
@@ -148,7 +202,7 @@ def _single_functional(sc: dict) -> dict:
     k = sc["threshold"]
     if isinstance(k, torch.Tensor):
         k = k.clone().requires_grad_(sc["threshold_grad"])
-    out = adaptive_info_nce(z1, z2, k, **sc["kwargs"])
+    out = adaptive_info_nce(z1, z2, k, labels=sc["labels"], **sc["kwargs"])
     out.backward() if out.dim() == 0 else out.backward(sc["upstream"])
     return {"loss": out.detach(), "g1": z1.grad, "g2": z2.grad, "gk": k.grad if isinstance(k, torch.Tensor) else None}
 
@@ -171,7 +225,9 @@ def test_functional_equals_single_process(rank_results: list[dict], name: str) -
         # the average over ranks is the single-process loss
         torch.testing.assert_close(sum(res["loss"] for res in ranks) / WORLD, single["loss"], **TOL)
         # and each rank's share is the sum of its own rows, scaled by W / N (mean) or W (sum)
-        rows = adaptive_info_nce(sc["z1"], sc["z2"], sc["threshold"], **{**sc["kwargs"], "reduction": "none"})
+        rows = adaptive_info_nce(
+            sc["z1"], sc["z2"], sc["threshold"], labels=sc["labels"], **{**sc["kwargs"], "reduction": "none"}
+        )
         n = 2 * sum(sizes)
         for r, res in enumerate(ranks):
             own = rows[local_row_index(sizes, r)].sum() * WORLD
@@ -191,7 +247,7 @@ def _single_module(sc: dict) -> tuple[dict, AdaptiveInfoNCE]:
     loss_fn.zero_grad(set_to_none=True)
     z1 = sc["z1"].clone().requires_grad_(True)
     z2 = sc["z2"].clone().requires_grad_(True)
-    loss = loss_fn(z1, z2)
+    loss = loss_fn(z1, z2, labels=sc["labels"])
     loss.backward()
     params = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in loss_fn.named_parameters()}
     return {"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad, "params": params}, loss_fn
@@ -210,8 +266,14 @@ def test_module_equals_single_process(rank_results: list[dict], name: str) -> No
         torch.testing.assert_close(res["k_sum"], loss_fn.k_sum)
         # the thresholds of its rows are those of the single process
         torch.testing.assert_close(
-            res["k"].double(), loss_fn.last.k.double()[local_row_index(sizes, r)], atol=1e-6, rtol=1e-6
+            res["k"].double(), loss_fn.last.k.double()[local_row_index(sizes, r)], atol=1e-6, rtol=1e-6, equal_nan=True
         )
+    if sc["labels"] is not None:
+        # the shares of known positives and of all false negatives, averaged over ranks' rows
+        # (weighted by their row counts), are the single process's
+        for key in ("known_positive_fraction", "false_negative_fraction"):
+            mixed = sum(res[key] * sizes[r] for r, res in enumerate(ranks)) / sum(sizes)
+            torch.testing.assert_close(mixed.double(), getattr(loss_fn.last, key).double(), atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(sum(res["loss"] for res in ranks) / WORLD, single["loss"], atol=1e-7, rtol=1e-6)
     for r, res in enumerate(ranks):
         torch.testing.assert_close(res["g1"], WORLD * local_rows(single["g1"], sizes, r), atol=1e-7, rtol=1e-5)
@@ -227,3 +289,44 @@ def test_without_process_group_gather_is_a_no_op() -> None:
     a = adaptive_info_nce(sc["z1"], sc["z2"], sc["threshold"], gather_distributed=True, **sc["kwargs"])
     b = adaptive_info_nce(sc["z1"], sc["z2"], sc["threshold"], **sc["kwargs"])
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["steps-sampled-k-stat-equal", "steps-sampled-k-stat-unequal"])
+def test_ranks_draw_the_single_process_k_stat_sample(rank_results: list[dict], name: str) -> None:
+    """The sampled k_stat (and so k̄_stat, L_reg and the thresholds) is the same on every rank and
+    equal to one process's, although the ranks' global random generators differ."""
+    sc = SCENARIOS[name]
+    ranks = _result(rank_results, name)
+    single = AdaptiveInfoNCE(**sc["config"])
+    single.load_state_dict(sc["state"])
+    want = []
+    for z1, z2 in sc["steps"]:
+        single(z1, z2)
+        want.append(single.last.k_stat.clone())
+    single.end_epoch()
+    for res in ranks:
+        torch.testing.assert_close(res["k_stats"], torch.stack(want), atol=0, rtol=0)
+        torch.testing.assert_close(res["k_bar"], single.k_bar, atol=0, rtol=0)
+    assert len(set(torch.stack(want).tolist())) > 1  # the sample moves with the step
+
+
+@pytest.mark.parametrize(
+    "name, bad_rank_message, other_rank_message",
+    [
+        ("error-nan-on-one-rank", "z1 holds NaN", r"rank\(s\) \[1\] rejected their inputs"),
+        ("error-nan-on-one-rank-module", "z1 holds NaN", r"rank\(s\) \[1\] rejected their inputs"),
+        ("error-width-mismatch", r"ranks disagree on the embedding width D: \[6, 5\]", None),
+        ("error-dtype-mismatch", r"ranks disagree on the embeddings' dtype: \['float64', 'float32'\]", None),
+    ],
+)
+def test_bad_input_on_one_rank_raises_on_every_rank(
+    rank_results: list[dict], name: str, bad_rank_message: str, other_rank_message: str | None
+) -> None:
+    """Nobody hangs: the rank with bad input raises its own error, the others a ValueError naming it
+    (or, when the ranks merely disagree, all raise the same error)."""
+    import re
+
+    good, bad = _result(rank_results, name)
+    assert bad["raised"] in ("ValueError", "TypeError") and re.search(bad_rank_message, bad["message"])
+    assert good["raised"] == "ValueError"
+    assert re.search(other_rank_message or bad_rank_message, good["message"])

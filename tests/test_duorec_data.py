@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import sys
 import urllib.error
 import zipfile
@@ -103,6 +104,84 @@ def test_each_official_format_gives_the_same_chronological_sequences(tmp_path: P
     path = WRITERS[name](tmp_path)
     assert path.name == name
     assert data.group_by_user(data.load_records(path)) == EXPECTED
+
+
+def write_text(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+GOOD_REVIEW = '{"reviewerID": "u1", "asin": "i1", "unixReviewTime": 5}\n'
+# Malformed files of every format: (file name, content, what the one-line error must say).
+MALFORMED = {
+    "garbage json line": ("reviews_Beauty_5.json", GOOD_REVIEW + "{garbage\n", "line 2: not a review object"),
+    "missing key": ("reviews_Beauty_5.json", '{"reviewerID": "u1", "asin": "i1"}\n', "line 1: .*no unixReviewTime"),
+    "not an object": ("reviews_Beauty_5.json", GOOD_REVIEW + "[1, 2]\n", "line 2: expected one review object"),
+    "bad json timestamp": (
+        "reviews_Beauty_5.json",
+        GOOD_REVIEW + '{"reviewerID": "u", "asin": "i", "unixReviewTime": "soon"}\n',
+        "line 2: timestamp 'soon' is not a number",
+    ),
+    "nan timestamp": ("ratings_Beauty.csv", "u,i,5.0,1\nu,j,5.0,nan\n", "line 2: timestamp 'nan' is not finite"),
+    "fake gzip": ("reviews_Beauty_5.json.gz", GOOD_REVIEW, "is not a readable gzip file"),
+    "fake zip": ("ml-1m.zip", "1::1::5::1\n", "is not a readable zip archive"),
+    "bad dat timestamp": ("ratings.dat", "1::1::5::1\n1::2::5::yesterday\n", "line 2: timestamp 'yesterday'"),
+    "short dat line": ("ratings.dat", "1::1::5::1\n1::2\n", "line 2: expected UserID::MovieID::Rating::Timestamp"),
+    "bad csv timestamp": ("ratings_Beauty.csv", "u,i,5.0,1\nu,j,5.0,x\n", "line 2: timestamp 'x' is not a number"),
+    "short csv line": ("ratings_Beauty.csv", "u,i,5.0,1\nu,j\n", "line 2: expected user,item,rating,timestamp"),
+    "bad inter timestamp": (
+        "ml-1m.inter",
+        "user_id:token\titem_id:token\ttimestamp:float\nu\ti\t1\nu\tj\tlate\n",
+        "line 3: timestamp 'late'",
+    ),
+    "short inter line": ("ml-1m.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\ti\n", "line 2: expected 3"),
+    "inter header": ("ml-1m.inter", "user:token\titem:token\nu\ti\n", "line 1: a RecBole .inter header"),
+    "no 5-core": ("Beauty.txt", "u1 a b c\nu2 d e f\n", "no user and item keep 5 interactions"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_each_malformed_file_is_one_line_naming_the_file_line_and_fix(tmp_path: Path, case: str) -> None:
+    pytest.importorskip("tqdm", reason="the DuoRec example needs tqdm: pip install -e '.[examples]'")
+    import train
+
+    name, text, expected = MALFORMED[case]
+    path = write_text(tmp_path, name, text)
+    dataset = "ml-1m" if name in ("ml-1m.zip", "ratings.dat", "ml-1m.inter") else "beauty"
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--dataset", dataset, "--data-path", str(path), "--stats-only"])
+    message = stop.value.code
+    assert isinstance(message, str) and "\n" not in message, message  # a str code: one line, exit status 1
+    assert message.startswith(f"error: {path}") and re.search(expected, message), message
+    assert any(fix in message for fix in ("fix or remove the line", "download it again", "right file?")), message
+
+
+def test_damaged_archives_name_the_file(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.json.gz"
+    with gzip.open(whole, "wt") as f:
+        f.write(GOOD_REVIEW * 2000)
+    cut = tmp_path / "reviews_Beauty_5.json.gz"
+    cut.write_bytes(whole.read_bytes()[:200])  # an interrupted download
+    with pytest.raises(ValueError, match=f"{re.escape(str(cut))} is not a readable gzip file .*download it again"):
+        list(data.load_records(cut))
+    archive = tmp_path / "ml-1m.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("ml-1m/ratings.dat", "1::1::5::1\n1::x\n")
+    with pytest.raises(ValueError, match=r"ml-1m\.zip \(ml-1m/ratings\.dat\) line 2: expected"):
+        list(data.load_records(archive))
+    with zipfile.ZipFile(tmp_path / "movies.zip", "w") as z:
+        z.writestr("movies.dat", "1::Toy Story\n")
+    with pytest.raises(ValueError, match="holds no ratings.dat"):
+        list(data.load_records(tmp_path / "movies.zip"))
+
+
+def test_a_csv_header_is_skipped_only_as_the_first_line(tmp_path: Path) -> None:
+    path = write_text(tmp_path, "ratings_Beauty.csv", "user,item,rating,time\nu,i,5.0,3\n")
+    assert list(data.load_records(path)) == [("u", "i", 3.0)]
+    path.write_text("u,i,5.0,3\nuser,item,rating,time\n")  # a second "header" would silently drop a record
+    with pytest.raises(ValueError, match="line 2: timestamp 'time'"):
+        list(data.load_records(path))
 
 
 def test_python_literal_review_lines_are_read(tmp_path: Path) -> None:
@@ -252,19 +331,50 @@ def test_download_fails_with_a_clear_message_without_network(tmp_path: Path, mon
     assert not any(tmp_path.iterdir())  # nothing half-written left behind
 
 
-def test_download_verifies_checksums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_verifies_sha256_and_keeps_nothing_unverified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     payload = b"not the real archive"
+    fetched: list[str] = []
 
     def fake_fetch(url: str, target: Path, timeout: float) -> None:
+        fetched.append(url)
         target.write_bytes(payload)
 
     monkeypatch.setattr(data, "_fetch", fake_fetch)
-    with pytest.raises(ValueError, match="md5"):
+    with pytest.raises(ValueError, match=r"ml-1m\.zip is 20 bytes, expected 5917549 .*download again"):
         data.download("ml-1m", tmp_path)
-    good = data.Download("https://example.invalid/x.dat", "x.dat", md5=hashlib.md5(payload).hexdigest())
-    data.verify_download(tmp_path / "ml-1m.zip", good)
-    with pytest.raises(ValueError, match="records"):
-        data.verify_download(tmp_path / "ml-1m.zip", data.Download("u", "f", records=3))
+    unsized = data.Download(data.DOWNLOADS["ml-1m"].url, "ml-1m.zip", sha256=data.DOWNLOADS["ml-1m"].sha256)
+    monkeypatch.setitem(data.DOWNLOADS, "ml-1m", unsized)
+    with pytest.raises(ValueError, match=f"has sha256 {hashlib.sha256(payload).hexdigest()}, expected"):
+        data.download("ml-1m", tmp_path)
+    assert not any(tmp_path.iterdir())  # a download that does not match is not left where it would be found
+    pinned = data.Download("https://example.invalid/ml-1m.zip", "ml-1m.zip", sha256=hashlib.sha256(payload).hexdigest())
+    monkeypatch.setitem(data.DOWNLOADS, "ml-1m", pinned)
+    path = data.download("ml-1m", tmp_path)
+    assert path.read_bytes() == payload and sorted(p.name for p in tmp_path.iterdir()) == ["ml-1m.zip"]
+    assert data.download("ml-1m", tmp_path) == path and len(fetched) == 3  # already there: verified, not fetched
+    path.write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="sha256"):
+        data.download("ml-1m", tmp_path)
+
+
+def test_every_download_is_pinned_by_a_sha256_or_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ml-1m.zip's sha256 and size as TensorFlow Datasets pins them (url_checksums/movielens.txt).
+    assert data.DOWNLOADS["ml-1m"].sha256 == "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"
+    assert data.DOWNLOADS["ml-1m"].size == 5_917_549
+    for spec in data.DOWNLOADS.values():
+        assert spec.sha256 is None or (len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0)
+
+    def no_fetch(*args: object) -> None:
+        raise AssertionError("an unpinned file must not be fetched")
+
+    monkeypatch.setattr(data, "_fetch", no_fetch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(RuntimeError, match="cannot create the download folder .*a-file/ml-1m"):
+        data.download("ml-1m", blocker / "ml-1m")
+    # No sha256 of reviews_Beauty_5.json.gz is published: --download refuses it and says what to do instead.
+    with pytest.raises(ValueError, match=r"no sha256 of reviews_Beauty_5\.json\.gz is published.*--data-path"):
+        data.download("beauty", tmp_path)
 
 
 @pytest.mark.skipif(not SHARED_BEAUTY.is_file(), reason="../shared/data/beauty/Beauty.txt is not beside this checkout")

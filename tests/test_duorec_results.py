@@ -100,6 +100,18 @@ def test_per_user_metrics_match_the_evaluation() -> None:
         assert compare.per_user(ranks, metric).mean() == pytest.approx(expected[metric], abs=1e-12)
 
 
+def test_runs_recorded_before_a_setting_existed_share_the_row_of_its_default(tmp_path: Path) -> None:
+    fake_run(tmp_path / "old", 0, 0.040, loss="adaptive")
+    fake_run(tmp_path / "new", 1, 0.042, loss="adaptive", overwrite=True)
+    fake_run(tmp_path / "nodrop", 2, 0.030, loss="adaptive", dropout=0.0)
+    old = json.loads((tmp_path / "old" / "results.json").read_text())
+    for key in ("dropout", "overwrite"):  # written before these flags existed
+        del old["config"][key]
+    (tmp_path / "old" / "results.json").write_text(json.dumps(old))
+    groups, _ = summarize.group_runs(summarize.load_runs([tmp_path]))
+    assert sorted(g.seeds for g in groups) == [[0, 1], [2]]
+
+
 def test_paired_bootstrap() -> None:
     rng = np.random.default_rng(1)
     a = rng.random(4000)
@@ -152,10 +164,8 @@ def test_every_figure_is_titled_with_the_run(tmp_path: Path, monkeypatch: pytest
     assert titles and set(titles.values()) == {"beauty · adaptive · us_x"}, titles
 
 
-@pytest.mark.parametrize("dataset", ["beauty", "ml-1m"])
-def test_reproduce_scripts_run_valid_command_lines(dataset: str, tmp_path: Path) -> None:
-    """Every command of the committed reproduce.sh parses with the example's own argument parsers
-    (python is replaced by a stub that records its arguments, so nothing trains)."""
+def recorded_calls(script: Path, tmp_path: Path) -> list[list[str]]:
+    """The command lines `script` runs, with python replaced by a stub that records its arguments (nothing trains)."""
     import os
     import shlex
     import shutil
@@ -164,7 +174,6 @@ def test_reproduce_scripts_run_valid_command_lines(dataset: str, tmp_path: Path)
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("no bash")
-    script = RESULTS / dataset / "reproduce.sh"
     stub = tmp_path / "bin" / "python"
     stub.parent.mkdir()
     log = tmp_path / "calls.txt"
@@ -173,7 +182,15 @@ def test_reproduce_scripts_run_valid_command_lines(dataset: str, tmp_path: Path)
     stub.chmod(0o755)
     env = {**os.environ, "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run([bash, str(script)], cwd=tmp_path, env=env, check=True, capture_output=True)
-    calls = [line.rstrip("\t").split("\t") for line in log.read_text().splitlines()]
+    return [line.rstrip("\t").split("\t") for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "name"), [("beauty", "reproduce.sh"), ("ml-1m", "reproduce.sh"), ("beauty", "reproduce_cl4srec.sh")]
+)
+def test_reproduce_scripts_run_valid_command_lines(dataset: str, name: str, tmp_path: Path) -> None:
+    """Every command of the committed reproduce scripts parses with the example's own argument parsers."""
+    calls = recorded_calls(RESULTS / dataset / name, tmp_path)
     scripts = {Path(call[0]).name for call in calls}
     assert "train.py" in scripts and "summarize.py" in scripts
     trained = 0
@@ -183,3 +200,18 @@ def test_reproduce_scripts_run_valid_command_lines(dataset: str, tmp_path: Path)
             assert args.dataset == dataset and (args.resume or args.stats_only)
             trained += not args.stats_only
     assert trained >= 3
+
+
+def test_cl4srec_script_pairs_the_two_losses_at_the_same_settings(tmp_path: Path) -> None:
+    """The CL4SRec comparison: plain InfoNCE against AdaptiveInfoNCE on CL4SRec's views, the same similarity,
+    temperature, budget and seeds, at least two seeds, each pair compared by the paired bootstrap."""
+    calls = recorded_calls(RESULTS / "beauty" / "reproduce_cl4srec.sh", tmp_path)
+    runs = [train.parse_args(call[1:]) for call in calls if Path(call[0]).name == "train.py"]
+    assert {(a.loss, a.seed) for a in runs} == {(loss, s) for loss in ("duorec", "adaptive") for s in (0, 1)}
+    settings = {(a.contrast, a.similarity, a.temperature, a.lmd, a.epochs, a.batch_size) for a in runs}
+    assert len(settings) == 1 and next(iter(settings))[:2] == ("cl4srec", "cos")  # one setting for all four runs
+    assert all(a.out.startswith("runs/beauty/cl4srec-") for a in runs)
+    compared = [call[1:3] for call in calls if Path(call[0]).name == "compare.py"]
+    assert sorted(compared) == [
+        [f"runs/beauty/cl4srec-adaptive-{s}", f"runs/beauty/cl4srec-duorec-{s}"] for s in (0, 1)
+    ]

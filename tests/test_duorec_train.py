@@ -147,3 +147,38 @@ def test_missing_data_and_offline_download_fail_clearly(tmp_path: Path, monkeypa
         train.main(["--dataset", "ml-1m", "--download", "--stats-only"])
     with pytest.raises(SystemExit, match="no ml-1m file found"):
         train.main(["--dataset", "ml-1m", "--data-path", str(tmp_path), "--stats-only"])
+
+
+def test_oracle_known_positives_flag_exactly_the_same_intent_pairs(tmp_path: Path) -> None:
+    """`--known-positives intent` with labels alone: with `un` views (both views of one user) the
+    flagged pairs are exactly the same-intent pairs, so precision and recall are 1 by construction."""
+    results = run(
+        tmp_path, "--loss", "duorec", "--similarity", "cos", "--contrast", "un", "--known-positives", "intent"
+    )
+    assert results["config"]["false_negatives"] == "drop"
+    train_stats = results["history"][0]["train"]
+    assert train_stats["fn_precision"] == pytest.approx(1.0)
+    assert train_stats["fn_recall"] == pytest.approx(1.0)
+    assert train_stats["known_fraction"] == pytest.approx(train_stats["fn_base_rate"], rel=0.05)
+
+
+def test_same_target_known_positives_reach_the_adaptive_loss(tmp_path: Path) -> None:
+    results = run(tmp_path, "--loss", "adaptive", "--known-positives", "same-target", "--epochs", "2")
+    first, second = (h["train"] for h in results["history"])
+    # same-target pairs are rare in a batch of 32 but each us_x row's partner shares its target,
+    # so the known share is recorded in every epoch, warm-up included (labels need no threshold)
+    assert "known_fraction" in first and "known_fraction" in second
+    assert results["history"][0]["mode"] == "attract"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "beauty", "--known-positives", "intent"], "needs the true intents"),
+        (["--loss", "none", "--known-positives", "same-target"], "needs a contrastive loss"),
+    ],
+)
+def test_known_positives_bad_combinations(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert message in capsys.readouterr().err

@@ -26,6 +26,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 # isort: split
+import augment  # noqa: E402
+import checkpoint  # noqa: E402
 import data as datasets  # noqa: E402
 from evaluate import EvalSet, score_ranks, user_values  # noqa: E402
 from model import DuoRec  # noqa: E402
@@ -45,15 +47,36 @@ def _load(dataset: str, data_path: str | None, n_users: int) -> datasets.Sequenc
     return datasets.load_dataset(dataset, data_path, n_users=n_users)
 
 
+def run_config(run: Path) -> dict[str, Any]:
+    """The configuration in a run's results.json; a damaged file is a one-line error."""
+    path = run / "results.json"
+    try:
+        config = json.loads(path.read_text())["config"]
+        keys = ("dataset", "data_path", "synthetic_users", "max_len")
+        if not isinstance(config, dict) or any(key not in config for key in keys):
+            raise KeyError("config")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"error: {path} is not a results.json of the trainer ({error}): train the run again") from None
+    return config
+
+
 def run_ranks(run: Path, split: str, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:
     """The run's configuration and the full-ranking 0-based ranks of its best checkpoint on `split`."""
-    config = json.loads((run / "results.json").read_text())["config"]
-    data = _load(config["dataset"], config["data_path"], config["synthetic_users"])
+    config = run_config(run)
+    try:
+        data = _load(config["dataset"], config["data_path"], config["synthetic_users"])
+    except (OSError, ValueError, RuntimeError) as error:
+        raise SystemExit(f"error: {error}") from error
     samples = datasets.eval_samples(data, split, config["max_len"])
     eval_set = EvalSet(samples, negatives={})  # full ranking only
-    model = DuoRec(data.n_items, max_len=config["max_len"]).to(device)
-    state = torch.load(run / "best.pt", map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
+    model = DuoRec(data.n_items, max_len=config["max_len"], mask_token=augment.needs_mask_token(config)).to(device)
+    state = checkpoint.load(run / "best.pt", device, required=("model",))  # tensors and plain values only
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, ValueError) as error:
+        reason = checkpoint.first_line(error)
+        path = run / "best.pt"
+        raise SystemExit(f"error: {path} does not fit the run's data ({reason}): train the run again") from None
     edges = () if config.get("no_bucketing") else datasets.BUCKET_EDGES
     ranks = score_ranks(model, data.items, eval_set, device, bucket_edges=edges)["full"]
     return config, ranks.numpy()
@@ -86,7 +109,9 @@ def paired_bootstrap(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     p.add_argument("run_a", type=Path, help="run folder with results.json and best.pt")
     p.add_argument("run_b", type=Path)
     p.add_argument("--split", choices=("test", "valid"), default="test")

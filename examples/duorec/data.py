@@ -21,10 +21,13 @@ import csv
 import gzip
 import hashlib
 import json
+import math
 import os
+import re
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,26 +59,30 @@ KNOWN_FILES: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Download:
-    """An official file and how to check it."""
+    """An official file and the sha256 it must have (None: no trustworthy published value, so
+    `download` refuses it rather than trust whatever the server sends)."""
 
     url: str
     filename: str
-    md5: str | None = None
-    records: int | None = None  # expected number of lines where no checksum is published
+    sha256: str | None
+    size: int | None = None  # bytes, where published beside the sha256
 
 
 DOWNLOADS: dict[str, Download] = {
-    # GroupLens publishes no checksum file; this md5 of ml-1m.zip is the one every loader pins
-    # (torchtext, RecBole's dataset list, PaddlePaddle, ...).
+    # GroupLens publishes no checksum. This sha256 and size are the ones TensorFlow Datasets pins for
+    # the same URL (tensorflow/datasets, tensorflow_datasets/url_checksums/movielens.txt).
     "ml-1m": Download(
-        "https://files.grouplens.org/datasets/movielens/ml-1m.zip", "ml-1m.zip", md5="c4d9eecfca2ab87c1945afe126590906"
+        "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+        "ml-1m.zip",
+        sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+        size=5_917_549,
     ),
-    # McAuley's 2014 5-core Beauty reviews. No checksum is published for it: the download is checked
-    # by decompressing it fully and counting its 198,502 reviews.
+    # McAuley's 2014 5-core Beauty reviews: no sha256 of this file is published anywhere we could
+    # find (the site gives none, and no loader pins one), so --download refuses it.
     "beauty": Download(
         "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Beauty_5.json.gz",
         "reviews_Beauty_5.json.gz",
-        records=198_502,
+        sha256=None,
     ),
 }
 
@@ -83,10 +90,39 @@ DOWNLOADS: dict[str, Download] = {
 # --------------------------------------------------------------------------------------------- loaders
 
 
+class DataFileError(ValueError):
+    """A data file that cannot be read; the message names the file and the fix."""
+
+
+# Errors of a damaged or mislabelled compressed file, raised while it is read.
+CORRUPT_ARCHIVE = (gzip.BadGzipFile, zipfile.BadZipFile, EOFError, zlib.error)
+
+
 def _open_text(path: Path) -> Iterator[str]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:  # type: ignore[operator]
-        yield from f
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:  # type: ignore[operator]
+            yield from f
+    except CORRUPT_ARCHIVE as error:
+        raise DataFileError(
+            f"{path} is not a readable gzip file ({error}): download it again, or decompress it and pass the "
+            "uncompressed file"
+        ) from error
+
+
+def _shorten(line: str, width: int = 60) -> str:
+    return repr(line if len(line) <= width else line[:width] + "...")
+
+
+def _timestamp(value: object, number: int) -> float:
+    """A record's time as a finite float; a line that has none is an error, never a silent guess."""
+    try:
+        time = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"line {number}: timestamp {_shorten(str(value))} is not a number") from None
+    if not math.isfinite(time):
+        raise ValueError(f"line {number}: timestamp {value!r} is not finite")
+    return time
 
 
 def read_movielens_dat(lines: Iterable[str]) -> Iterator[Record]:
@@ -97,18 +133,26 @@ def read_movielens_dat(lines: Iterable[str]) -> Iterator[Record]:
             continue
         fields = line.split("::")
         if len(fields) < 4:
-            raise ValueError(f"ratings.dat line {number}: expected UserID::MovieID::Rating::Timestamp, got {line!r}")
-        yield fields[0], fields[1], float(fields[3])
+            raise ValueError(f"line {number}: expected UserID::MovieID::Rating::Timestamp, got {_shorten(line)}")
+        yield fields[0], fields[1], _timestamp(fields[3], number)
 
 
 def read_movielens_zip(path: Path) -> Iterator[Record]:
     """The official `ml-1m.zip`: reads `ml-1m/ratings.dat` inside it."""
-    with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if n.endswith("ratings.dat")]
-        if not names:
-            raise ValueError(f"{path} holds no ratings.dat; is it the official ml-1m.zip?")
-        with archive.open(names[0]) as raw:
-            yield from read_movielens_dat(line.decode("latin-1") for line in raw)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("ratings.dat")]
+            if not names:
+                raise DataFileError(f"{path} holds no ratings.dat: is it the official ml-1m.zip?")
+            with archive.open(names[0]) as raw:
+                try:
+                    yield from read_movielens_dat(line.decode("latin-1") for line in raw)
+                except DataFileError:
+                    raise
+                except ValueError as error:
+                    raise ValueError(f"({names[0]}) {error}") from error
+    except CORRUPT_ARCHIVE as error:
+        raise DataFileError(f"{path} is not a readable zip archive ({error}): download it again") from error
 
 
 def read_recbole_inter(lines: Iterable[str]) -> Iterator[Record]:
@@ -123,43 +167,67 @@ def read_recbole_inter(lines: Iterable[str]) -> Iterator[Record]:
     try:
         user_col, item_col = names.index("user_id"), names.index("item_id")
     except ValueError:
-        raise ValueError(f"RecBole .inter header needs user_id and item_id fields, got {header}") from None
+        raise ValueError(f"line 1: a RecBole .inter header needs user_id and item_id fields, got {header}") from None
     time_col = names.index("timestamp") if "timestamp" in names else None
-    for number, line in enumerate(it):
-        fields = line.rstrip("\n").split("\t")
-        if len(fields) < len(names):
+    for number, line in enumerate(it, 2):
+        line = line.rstrip("\n")
+        if not line.strip():
             continue
-        time = float(fields[time_col]) if time_col is not None else float(number)
+        fields = line.split("\t")
+        if len(fields) < len(names):
+            raise ValueError(f"line {number}: expected {len(names)} tab-separated fields, got {_shorten(line)}")
+        time = _timestamp(fields[time_col], number) if time_col is not None else float(number)
         yield fields[user_col], fields[item_col], time
 
 
 def read_amazon_ratings_csv(lines: Iterable[str]) -> Iterator[Record]:
-    """Amazon 2014 ratings-only CSV (`ratings_Beauty.csv`): ``user,item,rating,timestamp``, no header."""
-    for row in csv.reader(lines):
+    """Amazon 2014 ratings-only CSV (`ratings_Beauty.csv`): ``user,item,rating,timestamp``; a header
+    line is skipped, and only as the first line."""
+    for number, row in enumerate(csv.reader(lines), 1):
+        if not row or not "".join(row).strip():
+            continue
         if len(row) < 4:
-            continue
-        try:
-            time = float(row[3])
-        except ValueError:  # a header line
-            continue
-        yield row[0], row[1], time
+            raise ValueError(f"line {number}: expected user,item,rating,timestamp, got {_shorten(','.join(row))}")
+        if number == 1 and not _is_number(row[3]):
+            continue  # a header
+        yield row[0], row[1], _timestamp(row[3], number)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_amazon_reviews_json(lines: Iterable[str]) -> Iterator[Record]:
     """Amazon 2014 review file (`reviews_Beauty_5.json[.gz]`): one review object per line.
 
-    Accepts strict JSON and the older Python-literal lines; uses ``reviewerID``, ``asin`` and
-    ``unixReviewTime``.
+    Accepts strict JSON and the older Python-literal lines (read with `ast.literal_eval`, which
+    evaluates literals only); uses ``reviewerID``, ``asin`` and ``unixReviewTime``.
     """
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
             continue
         try:
             review = json.loads(line)
         except json.JSONDecodeError:
-            review = ast.literal_eval(line)
-        yield str(review["reviewerID"]), str(review["asin"]), float(review["unixReviewTime"])
+            try:
+                review = ast.literal_eval(line)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                shown = _shorten(line)
+                raise ValueError(f"line {number}: not a review object (JSON or Python literal): {shown}") from None
+        if not isinstance(review, dict):
+            raise ValueError(f"line {number}: expected one review object, got {type(review).__name__}")
+        missing = [key for key in REVIEW_KEYS if key not in review]
+        if missing:
+            raise ValueError(f"line {number}: the review has no {', '.join(missing)}")
+        yield str(review["reviewerID"]), str(review["asin"]), _timestamp(review["unixReviewTime"], number)
+
+
+REVIEW_KEYS = ("reviewerID", "asin", "unixReviewTime")
 
 
 def read_user_sequences_txt(lines: Iterable[str]) -> Iterator[Record]:
@@ -197,13 +265,17 @@ def file_format(path: Path) -> str:
 
 
 def load_records(path: str | Path) -> Iterator[Record]:
-    """(user, item, time) records of an interaction file, in file order; the format follows the name."""
+    """(user, item, time) records of an interaction file, in file order; the format follows the name.
+
+    Raises (while the records are read):
+        ValueError: a malformed line or a damaged archive, naming the file and the line.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no data file at {path}")
     kind = file_format(path)
     if kind == "zip":
-        return read_movielens_zip(path)
+        return _located(path, read_movielens_zip(path))
     readers = {
         "dat": read_movielens_dat,
         "inter": read_recbole_inter,
@@ -211,7 +283,18 @@ def load_records(path: str | Path) -> Iterator[Record]:
         "json": read_amazon_reviews_json,
         "txt": read_user_sequences_txt,
     }
-    return readers[kind](_open_text(path))
+    return _located(path, readers[kind](_open_text(path)))
+
+
+def _located(path: Path, records: Iterator[Record]) -> Iterator[Record]:
+    """The records, with the file's name put in front of a reader's error (which names the line) and the fix
+    after it."""
+    try:
+        yield from records
+    except DataFileError:
+        raise
+    except ValueError as error:
+        raise DataFileError(f"{path} {error}: fix or remove the line, or use the official file") from error
 
 
 # ----------------------------------------------------------------------------------- preprocessing
@@ -358,56 +441,77 @@ def find_data_file(dataset: str, data_path: str | Path | None) -> Path:
 
 
 def _fetch(url: str, target: Path, timeout: float) -> None:
-    partial = target.with_name(target.name + ".part")
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+    """Write the body of `url` to `target`."""
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
         while chunk := response.read(1 << 20):
             out.write(chunk)
-    os.replace(partial, target)
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def verify_download(path: Path, spec: Download) -> None:
-    """Check a downloaded file against its md5 or, where none is published, its record count."""
-    if spec.md5 is not None:
-        got = _md5(path)
-        if got != spec.md5:
-            raise ValueError(f"{path} has md5 {got}, expected {spec.md5}: delete it and download again")
-    if spec.records is not None:
-        count = sum(1 for line in _open_text(path) if line.strip())
-        if count != spec.records:
-            raise ValueError(f"{path} holds {count} records, expected {spec.records}: delete it and download again")
+def verify_download(path: Path, spec: Download, shown: Path | None = None) -> None:
+    """Check a file against the sha256 (and size) pinned for it; `shown` is the name used in the message."""
+    if spec.sha256 is None or not re.fullmatch(r"[0-9a-f]{64}", spec.sha256):
+        raise ValueError(f"no sha256 is pinned for {spec.filename}: it cannot be checked")
+    shown = shown or path
+    if spec.size is not None and path.stat().st_size != spec.size:
+        raise ValueError(
+            f"{shown} is {path.stat().st_size} bytes, expected {spec.size} (sha256 {spec.sha256}): "
+            "delete it and download again"
+        )
+    got = sha256_of(path)
+    if got != spec.sha256:
+        raise ValueError(f"{shown} has sha256 {got}, expected {spec.sha256}: delete it and download again")
 
 
 def download(dataset: str, folder: str | Path | None = None, timeout: float = 30.0) -> Path:
-    """Fetch the official file of `dataset` into `folder` (default `cache_dir`), verify it, return its path.
+    """Fetch the official file of `dataset` into `folder` (default `cache_dir`), verify its sha256, return
+    its path. A file already there is verified too. The download lands in ``<file>.part`` and takes the
+    file's name only once it matches, so a damaged or forged download is never found later.
 
     Raises:
         RuntimeError: the network is unreachable, with the URL and what to do instead.
-        ValueError: the file does not match its checksum.
+        ValueError: no sha256 is pinned for the dataset's file (Beauty), or the file does not match it.
     """
     if dataset not in DOWNLOADS:
         raise ValueError(f"--download knows {sorted(DOWNLOADS)}, not {dataset!r}")
     spec = DOWNLOADS[dataset]
     target = Path(folder) if folder is not None else cache_dir(dataset)
-    target.mkdir(parents=True, exist_ok=True)
     path = target / spec.filename
-    if not path.is_file():
-        try:
-            _fetch(spec.url, path, timeout)
-        except (urllib.error.URLError, OSError, TimeoutError) as error:
-            reason = getattr(error, "reason", error)
-            raise RuntimeError(
-                f"could not download {dataset} from {spec.url} ({reason}). This machine may have no internet "
-                f"access: fetch the file elsewhere, copy it to {path} (or anywhere) and pass --data-path"
-            ) from error
-    verify_download(path, spec)
+    if spec.sha256 is None:
+        raise ValueError(
+            f"--download {dataset}: no sha256 of {spec.filename} is published, so a download could not be "
+            f"checked; fetch {spec.url} yourself, check it, and pass --data-path FILE (or copy it to {path})"
+        )
+    if path.is_file():
+        verify_download(path, spec)
+        return path
+    partial = path.with_name(path.name + ".part")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RuntimeError(
+            f"cannot create the download folder {target} ({error.strerror or error}): pass --data-path to another "
+            "folder or set ADAPTIVE_CONTRASTIVE_DATA"
+        ) from error
+    try:
+        _fetch(spec.url, partial, timeout)
+        verify_download(partial, spec, shown=path)
+        os.replace(partial, path)
+    except (urllib.error.URLError, OSError, TimeoutError) as error:
+        reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
+        raise RuntimeError(
+            f"could not download {dataset} from {spec.url} ({reason}). This machine may have no internet "
+            f"access: fetch the file elsewhere, copy it to {path} (or anywhere) and pass --data-path"
+        ) from error
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -477,7 +581,12 @@ def load_dataset(
         path = download(dataset, folder)
     else:
         path = find_data_file(dataset, data_path)
-    return prepare(dataset, load_records(path))
+    data = prepare(dataset, load_records(path))
+    if data.n_users == 0:
+        raise ValueError(
+            f"{path}: no user and item keep {CORE} interactions after {CORE}-core filtering; is it the right file?"
+        )
+    return data
 
 
 # ------------------------------------------------------------------------------ split and batching

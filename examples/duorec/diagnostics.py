@@ -39,20 +39,26 @@ def candidate_mask(n: int, device: torch.device | None = None) -> Tensor:
     return (index[None, :] != index[:, None]) & (index[None, :] != partner[:, None])
 
 
-def false_negative_counts(sims: Tensor, k: Tensor, labels: Tensor) -> dict[str, float]:
+def false_negative_counts(sims: Tensor, k: Tensor, labels: Tensor, known: Tensor | None = None) -> dict[str, float]:
     """Counts behind the precision and recall of suspected false negatives.
 
     Args:
         sims: `(N, N)` similarities.
-        k: `(N,)` threshold per row (the loss's ``last.k``); candidates with s_ij > k_i are suspected.
+        k: `(N,)` threshold per row (the loss's ``last.k``, NaN where there is none); candidates with
+            s_ij > k_i are suspected.
         labels: `(N,)` true intent of each row; a candidate with the row's intent is a true false negative.
+        known: `(N,)` known-positive label of each row given to the loss (negative = unknown), or None:
+            candidates sharing the row's known label are flagged too, as the loss flags them.
 
     Returns:
         ``suspected`` (|M⁺| summed over rows), ``true`` (same-intent candidates), ``hit`` (both) and
         ``candidates``.
     """
     candidates = candidate_mask(sims.shape[0], sims.device)
-    suspected = (sims > k[:, None]) & candidates
+    suspected = sims > k[:, None]
+    if known is not None:
+        suspected |= (known[None, :] == known[:, None]) & (known >= 0)[:, None]
+    suspected &= candidates
     same = (labels[None, :] == labels[:, None]) & candidates
     return {
         "suspected": float(suspected.sum()),

@@ -76,6 +76,8 @@ class DuoRec(nn.Module):
         hidden, layers, heads, inner: transformer sizes.
         dropout: dropout on the embeddings and after each sub-layer.
         attn_dropout: dropout on the attention weights.
+        mask_token: add an input-only [mask] item, id ``n_items + 1`` (`mask_id`), for CL4SRec's item-mask
+            views; it has its own embedding row and is never a candidate of `item_scores`.
 
     Example:
         >>> model = DuoRec(n_items=10)
@@ -93,11 +95,13 @@ class DuoRec(nn.Module):
         inner: int = 256,
         dropout: float = 0.5,
         attn_dropout: float = 0.5,
+        mask_token: bool = False,
     ) -> None:
         super().__init__()
         self.n_items = n_items
         self.max_len = max_len
-        self.item_embedding = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.mask_id = n_items + 1 if mask_token else None
+        self.item_embedding = nn.Embedding(n_items + 1 + int(mask_token), hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(max_len, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
         self.p = dropout
@@ -138,8 +142,8 @@ class DuoRec(nn.Module):
         return h[torch.argsort(rows)]  # the groups' rows are a permutation of 0..size-1
 
     def item_scores(self, h: Tensor) -> Tensor:
-        """Scores `(R, n_items)` of items 1..n_items (column j is item j + 1; padding excluded)."""
-        return h @ self.item_embedding.weight[1:].T
+        """Scores `(R, n_items)` of items 1..n_items (column j is item j + 1; padding and mask excluded)."""
+        return h @ self.item_embedding.weight[1 : self.n_items + 1].T
 
     def next_item_loss(self, h: Tensor, targets: Tensor) -> Tensor:
         """Cross-entropy of the targets (item ids 1..n) over all items."""

@@ -24,9 +24,14 @@ METRICS = ("NDCG@5", "NDCG@10", "MRR@5", "MRR@10", "Recall@5", "Recall@10")
 # Arguments that never change what a run measures: the seed is what rows average over, the rest is
 # bookkeeping. Everything else (including the epoch budget) splits rows.
 NOT_CONFIGURATION = {
-    "seed", "out", "resume", "quiet", "threads", "device", "data_path", "download", "stats_only",
+    "seed", "out", "resume", "overwrite", "quiet", "threads", "device", "data_path", "download", "stats_only",
 }  # fmt: skip
+# Settings added to train.py after runs were recorded, with the value those runs had: a run without the
+# key shares its row with runs that state the default.
+ADDED_LATER = {"dropout": 0.5}
 LOSS_ORDER = {"none": 0, "duorec": 1, "adaptive": 2}
+# CL4SRec's augmentation settings (train.py --item-crop ...): None, or absent in older runs, for the other views.
+CL4SREC_SETTINGS = {"item_crop", "item_mask", "item_reorder", "aug_pairs"}
 # Full-ranking test NDCG@10 published for these datasets (the papers report no MRR).
 PUBLISHED: dict[str, list[tuple[str, dict[str, float]]]] = {
     "beauty": [
@@ -70,23 +75,33 @@ def load_runs(folders: list[Path]) -> list[dict[str, Any]]:
 
 def configuration(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """What a run measures: its settings without the seed and bookkeeping, and without the settings
-    its loss ignores (the ThresholdNet's for DuoRec, all contrastive ones for SASRec)."""
+    its loss ignores (the ThresholdNet's for DuoRec, all contrastive ones for SASRec, the augmentations for
+    views other than CL4SRec's)."""
+    config = {**ADDED_LATER, **config}
     ignored = set(NOT_CONFIGURATION)
     if config["loss"] != "adaptive":
         ignored |= {"false_negatives", "mask", "threshold_arch", "warmup_epochs"}
     if config["loss"] == "none":
-        ignored |= {"contrast", "similarity", "temperature", "lmd"}
+        ignored |= {"contrast", "similarity", "temperature", "lmd"} | CL4SREC_SETTINGS
+    if config.get("contrast") != "cl4srec":
+        ignored |= CL4SREC_SETTINGS
     return tuple(sorted((k, v) for k, v in config.items() if k not in ignored))
 
 
 def label(config: dict[str, Any]) -> str:
-    """A row name that says what differs: the model, then the loss settings, then the budget."""
+    """A row name that says what differs: the model, then the loss settings, then the budget.
+
+    CL4SRec's views with plain InfoNCE are "CL4SRec"; a temperature other than 1 is named.
+    """
     if config["loss"] == "none":
-        name = "SASRec"
+        return f"SASRec, ≤{config['epochs']} epochs"
+    tau = [] if config.get("temperature", 1.0) == 1.0 else [f"τ={config['temperature']:g}"]
+    if config["loss"] == "duorec" and config["contrast"] == "cl4srec":
+        name = f"CL4SRec ({', '.join([config['similarity'], *tau])})"
     elif config["loss"] == "duorec":
-        name = f"DuoRec ({config['contrast']}, {config['similarity']})"
+        name = f"DuoRec ({', '.join([config['contrast'], config['similarity'], *tau])})"
     else:
-        parts = [config["false_negatives"], config["mask"], config["threshold_arch"], config["similarity"]]
+        parts = [config["false_negatives"], config["mask"], config["threshold_arch"], config["similarity"], *tau]
         name = f"AdaptiveRec ({config['contrast']}, {', '.join(parts)})"
     return f"{name}, ≤{config['epochs']} epochs"
 

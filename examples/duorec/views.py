@@ -1,4 +1,4 @@
-"""DuoRec's contrastive views.
+"""The contrastive views: DuoRec's three, and CL4SRec's.
 
 - ``un``: two dropout passes of the same sequence (unsupervised augmentation);
 - ``su``: the sequence against another training sequence with the same target item (supervised
@@ -7,6 +7,9 @@
 
 In ``un`` and ``su`` the first view is the pass that also feeds the next-item loss; ``us_x`` runs a
 separate pass for it, as DuoRec's code does.
+
+- ``cl4srec``: two augmentations (item crop, mask or reorder) of the sequence, with a separate pass of
+  the unaugmented sequence for the next-item loss (CL4SRec; the augmentations are in ``augment.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-CONTRASTS = ("un", "su", "us_x")
+CONTRASTS = ("un", "su", "us_x", "cl4srec")
 
 
 class SameTargetSampler:

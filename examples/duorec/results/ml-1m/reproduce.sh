@@ -6,7 +6,7 @@
 #     bash examples/duorec/results/ml-1m/reproduce.sh [SEEDS...]           # default: seeds 0 1 2
 #
 # With ML1M=/path/to/ml-1m/ratings.dat (or the official ml-1m.zip) the file is read from there;
-# otherwise --download fetches ml-1m.zip from grouplens.org and checks its md5. --resume makes the
+# otherwise --download fetches ml-1m.zip from grouplens.org and checks its sha256. --resume makes the
 # script continue where it stopped; the last step prints the table with the paper's numbers.
 set -euo pipefail
 if [ -n "${ML1M:-}" ]; then SOURCE=(--data-path "$ML1M"); else SOURCE=(--download); fi
