@@ -102,8 +102,8 @@ def profile_one(job: tuple[str, int, str]) -> list[dict[str, Any]]:
         binary = compile_for_sm90(
             launch.kernel, launch.args, launch.compile_constexprs(), config.num_warps, config.num_stages
         )
-        summary = profile_binary(binary).summary()
         constexprs = launch.constexprs
+        summary = profile_binary(binary).summary(chunks=constexprs["NUM_CHUNKS"])
         records.append(
             {
                 "kernel": launch.name,
@@ -186,6 +186,32 @@ def prediction_table(records: list[dict[str, Any]], d: int = 128, mode: str = "a
     return "\n".join(lines)
 
 
+def comparison(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    """Before/after table of the records present in both (same kernel, dtype, D, mode)."""
+    lines = [
+        "| kernel | dtype | mode | D | registers | stack B | shared KB | wgmma | SASS/tile (elements/thread) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def per_thread(r: dict[str, Any]) -> int:
+        return r["block_m"] * r["block_n"] // (32 * r["num_warps"])
+
+    index = {(r["kernel"], r["dtype"], r["d"], r["mode"]): r for r in before}
+    for a in after:
+        b = index.get((a["kernel"], a["dtype"], a["d"], a["mode"]))
+        if b is None:
+            continue
+        cells = [
+            f"{b['registers']} → {a['registers']}",
+            f"{b['stack_bytes']} → {a['stack_bytes']}",
+            f"{b['shared_bytes'] // 1024} → {a['shared_bytes'] // 1024}",
+            f"{'yes' if b['wgmma'] else 'no'} → {'yes' if a['wgmma'] else 'no'}",
+            f"{b['sass_per_tile']} ({per_thread(b)}) → {a['sass_per_tile']} ({per_thread(a)})",
+        ]
+        lines.append(f"| {a['kernel']} | {a['dtype']} | {a['mode']} | {a['d']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON record per line instead of tables")
@@ -194,7 +220,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", default="attract-hard,attract-soft", help=f"comma-separated, from {','.join(MODES)}")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
     parser.add_argument("--out", help="also write the JSON records to this file")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="only print the tables of two record files"
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        before, after = (json.loads(Path(p).read_text()) for p in args.compare)
+        for r in before + after:
+            r.update(predict_ms(r))
+        print(comparison(before, after))
+        for label, records in (("before", before), ("after", after)):
+            print(f"\n{label}:\n")
+            print(prediction_table(records, 128, "attract-hard"))
+        return
     jobs = [
         (dtype_name, int(d), mode)
         for dtype_name in args.dtypes.split(",")

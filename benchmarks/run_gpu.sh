@@ -11,7 +11,7 @@
 #   3. N = 262144, D = 128: the fused loss in bfloat16 and float32, the reference (expected out
 #      of memory: it keeps N×N) and inf-cl;
 #   4. the GPU tests (pytest -m gpu tests/test_triton_kernel.py): accuracy at scale per dtype,
-#      odd widths 1/65/300/1024, memory linear in N;
+#      odd widths 65 and 300, memory linear in N;
 #   5. the sweep (bench_loss.py, N on the outer loop) with the time left.
 # Installs nothing from the network: wheels carried in ./.whl (inf-cl) are installed with
 # --no-index --no-deps into /tmp/site; a missing one is skipped, not failed.
@@ -51,11 +51,11 @@ export PYTHONUNBUFFERED=1
 unset ADAPTIVE_CONTRASTIVE_FP32_PRECISION
 if [ "$DRY" = "1" ]; then
     DEV=(--device cpu --interpret)
-    CHECK=(--n 40 --d 16 --dtypes float32,float16)
-    MAIN=(--n 64 --d 16 --variants float32-attract-hard,float16-attract-labels --baselines reference-float32)
-    BIG=(--n 96 --d 16 --variants float16-attract-hard --baselines "")
+    CHECK=(--n 32 --d 16 --dtypes float32,float16)
+    MAIN=(--n 32 --d 16 --variants float32-attract-hard,float16-attract-labels --baselines reference-float32)
+    BIG=(--n 48 --d 16 --variants float16-attract-hard --baselines "")
     TESTS=(--collect-only)
-    SWEEP=(--sizes 32,48 --dims 16 --methods triton_attract,reference_attract --repeats 1 --interpret-max-n 48)
+    SWEEP=(--sizes 32 --dims 16 --methods triton_attract,reference_attract --repeats 1 --interpret-max-n 32)
 else
     unset TRITON_INTERPRET
     DEV=(--device cuda)

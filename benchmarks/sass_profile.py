@@ -127,28 +127,48 @@ class SassProfile:
     def mma_loops(self) -> list[Loop]:
         return [loop for loop in self.loops if loop.count("HGMMA", "HMMA")]
 
+    def _hot_loops(self) -> tuple[Loop | None, Loop | None]:
+        """(tile loop, chunk loop inside it or None). The hot loop is the innermost loop issuing
+        tensor-core instructions with the fewest instructions (the kernels keep rarely-taken tiles
+        in loops of their own); when it sits inside another loop it is a loop over feature chunks,
+        and the smallest loop around it is the tile loop. Without any tensor-core loop (the FFMA
+        form of an IEEE dot), the same among loops issuing FFMA."""
+        innermost = [loop for loop in self.loops if not any(o is not loop and _inside(o, loop) for o in self.loops)]
+        candidates = [loop for loop in innermost if loop.count("HGMMA", "HMMA")]
+        candidates = candidates or [loop for loop in innermost if loop.count("FFMA")]
+        if not candidates:
+            return None, None
+        hot = min(candidates, key=lambda loop: loop.size)
+        around = [loop for loop in self.loops if loop is not hot and _inside(hot, loop)]
+        if around:
+            return min(around, key=lambda loop: loop.size), hot
+        return hot, None
+
     @property
     def tile_loop(self) -> Loop | None:
-        """The hot loop: the innermost loop issuing tensor-core instructions with the fewest
-        instructions (the kernels keep rarely-taken tiles in loops of their own); without any
-        tensor-core loop, the largest loop (the FFMA form of an IEEE dot)."""
-        inner = [loop for loop in self.mma_loops if not any(o is not loop and _inside(o, loop) for o in self.loops)]
-        if inner:
-            return min(inner, key=lambda loop: loop.size)
-        return max(self.loops, key=lambda loop: loop.size) if self.loops else None
+        return self._hot_loops()[0]
 
-    def summary(self) -> dict[str, Any]:
-        loop = self.tile_loop
+    def summary(self, chunks: int = 1) -> dict[str, Any]:
+        """The profile's numbers; `chunks`: iterations of a feature-chunk loop inside the tile loop
+        (its body then counts `chunks` times per tile)."""
+        loop, inner = self._hot_loops()
+        extra = (chunks - 1) * inner.size if inner is not None else 0
+
+        def count(*prefixes: str) -> int:
+            if loop is None:
+                return 0
+            return loop.count(*prefixes) + ((chunks - 1) * inner.count(*prefixes) if inner is not None else 0)
+
         return {
             "registers": self.registers,
             "stack_bytes": self.stack_bytes,
             "shared_bytes": self.shared_bytes,
-            "wgmma": bool(loop is not None and loop.count("HGMMA")),
-            "mma_sync": bool(loop is not None and loop.count("HMMA")),
-            "sass_per_tile": loop.size if loop else None,
-            "tile_loop_spills": (loop.count("LDL", "STL") if loop else 0),
-            "tile_loop_mufu": (loop.count("MUFU") if loop else 0),
-            "tile_loop_mma": (loop.count("HGMMA", "HMMA") if loop else 0),
+            "wgmma": bool(count("HGMMA")),
+            "mma_sync": bool(count("HMMA")),
+            "sass_per_tile": loop.size + extra if loop else None,
+            "tile_loop_spills": count("LDL", "STL"),
+            "tile_loop_mufu": count("MUFU"),
+            "tile_loop_mma": count("HGMMA", "HMMA"),
             "spill_stores": self.spill_stores,
             "spill_loads": self.spill_loads,
             "sass_total": self.instructions,

@@ -167,28 +167,37 @@ class KernelPlan:
 
 
 # Widest padded row kept on chip (resident operand) per operand kind; wider rows are chunked.
-RESIDENT_DIM = {"16bit": 256, "tf32": 128, "3xtf32": 128, "ieee": 64}
+RESIDENT_DIM = {"16bit": 256, "tf32": 128, "3xtf32": 128, "ieee": 32}
 # Chunk width of rows wider than that.
 CHUNK_DIM = {"16bit": 128, "tf32": 64, "3xtf32": 64, "ieee": 32}
 
-# Default tiles (forward, dQ, dK) per operand kind and row width, chosen from the sm_90 static
-# profile (benchmarks/kernel_stats.py, the table in benchmarks/RESULTS.md): no spills, wgmma in
-# every tile loop, shared memory within 227 KB, and the fewest predicted cycles. TileConfig rows
-# are block_m (rows of Q), block_n (columns of K), warps, pipeline stages. 8 warps = two
-# warpgroups of 64 rows each: 128-row tiles halve how often K streams through L2 (BLOCK_M × BLOCK_N
-# tiles at 64 rows would be L2-bound on bfloat16).
-_TILES: dict[tuple[str, int], tuple[TileConfig, TileConfig, TileConfig]] = {
-    ("16bit", 64): (TileConfig(128, 64, 8, 2), TileConfig(128, 64, 8, 2), TileConfig(64, 128, 8, 2)),
-    ("16bit", 128): (TileConfig(128, 64, 8, 2), TileConfig(128, 64, 8, 2), TileConfig(64, 128, 8, 2)),
-    ("16bit", 256): (TileConfig(128, 64, 8, 2), TileConfig(128, 64, 8, 2), TileConfig(64, 128, 8, 2)),
-    ("tf32", 64): (TileConfig(128, 64, 8, 2), TileConfig(128, 32, 8, 2), TileConfig(32, 128, 8, 2)),
-    ("tf32", 128): (TileConfig(128, 64, 8, 2), TileConfig(128, 32, 8, 2), TileConfig(32, 128, 8, 2)),
-    ("3xtf32", 64): (TileConfig(128, 32, 8, 2), TileConfig(128, 32, 8, 2), TileConfig(32, 128, 8, 2)),
-    ("3xtf32", 128): (TileConfig(128, 32, 8, 2), TileConfig(128, 32, 8, 2), TileConfig(32, 128, 8, 2)),
-    ("ieee", 64): (TileConfig(32, 32, 4, 2), TileConfig(32, 32, 4, 2), TileConfig(32, 32, 4, 2)),
+# Default tiles (forward, dQ, dK) per operand kind, row width ("chunked": rows wider than what
+# stays on chip) and mask, chosen from the sm_90 static profile (benchmarks/kernel_stats.py, the
+# table in benchmarks/RESULTS.md): no spills, wgmma in every tile loop (FMA units for "ieee"),
+# shared memory within 227 KB, and the fewest predicted cycles. A TileConfig is block_m (rows of
+# Q), block_n (columns of K), warps, pipeline stages. 8 warps = two warpgroups of 64 rows: 128-row
+# tiles halve how often K streams through L2 (64-row tiles would be L2-bound in bfloat16). The soft
+# mask keeps more values per element live, so its backward tiles are narrower.
+_T = TileConfig
+_HALF = (_T(128, 64, 8, 2), _T(128, 64, 8, 2), _T(64, 128, 8, 2))
+_HALF_SOFT = (_T(128, 64, 8, 2), _T(128, 32, 8, 2), _T(64, 128, 8, 2))
+_TF32 = (_T(128, 64, 8, 2), _T(128, 32, 8, 2), _T(32, 128, 8, 2))
+_X3 = (_T(128, 32, 8, 2), _T(128, 32, 8, 2), _T(32, 128, 8, 2))
+_X3_NARROW = (_T(128, 32, 8, 2), _T(128, 16, 8, 2), _T(16, 128, 8, 2))
+_IEEE = (_T(32, 32, 4, 2), _T(32, 32, 4, 2), _T(32, 32, 4, 2))
+_TILES: dict[tuple[str, int | str, bool], tuple[TileConfig, TileConfig, TileConfig]] = {
+    **{("16bit", w, False): _HALF for w in (64, 128, 256, "chunked")},
+    **{("16bit", w, True): _HALF_SOFT for w in (64, 128, "chunked")},
+    ("16bit", 256, True): (_T(128, 64, 8, 2), _T(128, 32, 8, 2), _T(32, 128, 8, 2)),
+    **{("tf32", w, soft): _TF32 for w in (64, 128, "chunked") for soft in (False, True)},
+    ("3xtf32", 64, False): _X3,
+    ("3xtf32", 64, True): _X3,
+    ("3xtf32", 128, False): _X3,
+    ("3xtf32", 128, True): _X3_NARROW,
+    ("3xtf32", "chunked", False): _X3_NARROW,
+    ("3xtf32", "chunked", True): _X3_NARROW,
+    **{("ieee", w, soft): _IEEE for w in (32, "chunked") for soft in (False, True)},
 }
-# The soft mask keeps more values per element live: the dQ kernel takes narrower column tiles.
-_SOFT_DQ = {"16bit": TileConfig(128, 32, 8, 2)}
 
 
 def _kind(dtype: torch.dtype, precision: str) -> str:
@@ -196,14 +205,9 @@ def _kind(dtype: torch.dtype, precision: str) -> str:
 
 
 def _default_tiles(kind: str, block_d: int, chunked: bool, soft: bool) -> tuple[TileConfig, TileConfig, TileConfig]:
-    """(forward, dQ, dK) tiles of rows padded to `block_d` (per chunk when chunked)."""
-    width = 64 if block_d <= 64 else 128 if block_d <= 128 else 256
-    if chunked:
-        width = min(width, 128)
-    fwd, dq, dk = _TILES[(kind, min(width, RESIDENT_DIM[kind]))]
-    if soft and kind in _SOFT_DQ:
-        dq = _SOFT_DQ[kind]
-    return fwd, dq, dk
+    """(forward, dQ, dK) tiles of rows padded to `block_d` (the chunk width when chunked)."""
+    width: int | str = "chunked" if chunked else max(block_d, 64 if kind != "ieee" else 32)
+    return _TILES[(kind, width, soft)]
 
 
 def make_plan(dtype: torch.dtype, d: int, precision: str, interpreted: bool = False, soft: bool = False) -> KernelPlan:
