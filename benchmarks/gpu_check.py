@@ -31,7 +31,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 DTYPES = ("float32", "float32-tf32", "float32-ieee", "bfloat16", "float16")
 # Norm-relative tolerance against float64, per dtype (float32: per tensor-core precision).
-TOLERANCE = {"float32": 1e-5, "float32-tf32": 5e-3, "float32-ieee": 1e-5, "bfloat16": 3e-2, "float16": 5e-3}
+TOLERANCE = {"float32": 1e-5, "float32-tf32": 1e-2, "float32-ieee": 1e-5, "bfloat16": 3e-2, "float16": 5e-3}
 
 
 def check_point(dtype_name: str, mask: str, n: int, d: int, device: str, seed: int = 0) -> dict[str, Any]:

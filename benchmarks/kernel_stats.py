@@ -112,6 +112,7 @@ def profile_one(job: tuple[str, int, str]) -> list[dict[str, Any]]:
                 "d": d,
                 "block_d": constexprs["BLOCK_D"],
                 "num_chunks": constexprs["NUM_CHUNKS"],
+                "out_d": constexprs.get("OUT_D", constexprs["BLOCK_D"] * constexprs["NUM_CHUNKS"]),
                 "block_m": config.block_m,
                 "block_n": config.block_n,
                 "num_warps": config.num_warps,
@@ -129,14 +130,17 @@ def predict_ms(record: dict[str, Any], n: int = N_PROFILE) -> dict[str, float]:
     _, precision = _dtype(dtype_name)
     rate = TC_FLOP_PER_CLK[precision or "native"]
     bm, bn, d_pad = record["block_m"], record["block_n"], record["block_d"] * record["num_chunks"]
-    tiles = (n / bm) * (n / bn) * record["num_chunks"] ** (0 if record["kernel"] == "fwd" else 1)
-    matmuls = 1 if record["kernel"] == "fwd" else 2  # scores, plus the gradient product
-    flops = 2 * bm * bn * d_pad * matmuls if record["num_chunks"] == 1 else 2 * bm * bn * (d_pad + record["block_d"])
+    out_d = record.get("out_d", d_pad)  # backward: each program's slice of the output
+    slices = 1 if record["kernel"] == "fwd" else d_pad // out_d
+    tiles = (n / bm) * (n / bn) * slices
+    # scores over the whole row, plus (backward) the gradient product of this slice
+    flops = 2 * bm * bn * (d_pad + (0 if record["kernel"] == "fwd" else out_d))
     tc_clk = flops / rate
     issue_clk = record["num_warps"] * record["sass_per_tile"] / ISSUE_PER_CLK
     mufu_clk = record["num_warps"] * 32 * record["tile_loop_mufu"] / MUFU_PER_CLK
     item = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype_name.partition("-")[0]]
-    streamed = (bn if record["kernel"] != "bwd_dk" else bm) * d_pad * item * (2 if precision == "3xtf32" else 1)
+    rows = bn if record["kernel"] != "bwd_dk" else bm
+    streamed = rows * (d_pad + (out_d if slices > 1 else 0)) * item * (2 if precision == "3xtf32" else 1)
     l2_clk = streamed / (L2_BYTES_PER_S / SMS / CLOCK_HZ)
     per_tile = max(tc_clk, issue_clk, mufu_clk, l2_clk)
     scale = tiles / SMS / CLOCK_HZ * 1e3
@@ -157,6 +161,8 @@ def markdown(records: list[dict[str, Any]]) -> str:
         tiles = f"{r['block_m']}×{r['block_n']}, {r['num_warps']}, {r['num_stages']}"
         if r["num_chunks"] > 1:
             tiles += f"; {r['num_chunks']} chunks of {r['block_d']}"
+        elif r.get("out_d", r["block_d"]) < r["block_d"]:
+            tiles += f"; output in {r['block_d'] // r['out_d']} slices"
         lines.append(
             f"| {r['kernel']} | {r['dtype']} | {r['mode']} | {r['d']} | {tiles} | {r['registers']} | "
             f"{r['stack_bytes']} | {r['shared_bytes']} | {'yes' if r['wgmma'] else 'no'} | {r['sass_per_tile']} | "
@@ -186,29 +192,48 @@ def prediction_table(records: list[dict[str, Any]], d: int = 128, mode: str = "a
     return "\n".join(lines)
 
 
+def _tile(r: dict[str, Any]) -> str:
+    tile = f"{r['block_m']}×{r['block_n']}/{r['num_warps']}w"
+    if r["num_chunks"] > 1:
+        tile += f", {r['num_chunks']}×{r['block_d']}"
+    elif r.get("out_d", r["block_d"]) < r["block_d"]:
+        tile += f", out {r['out_d']}"
+    return tile
+
+
 def comparison(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
-    """Before/after table of the records present in both (same kernel, dtype, D, mode)."""
+    """Before/after table on each dtype's default path: float32 was IEEE before and is 3xTF32
+    after; the SASS count per tile is per thread, with the tile elements a thread holds."""
+    paths = (("float32: IEEE → 3xTF32", "float32-ieee", "float32"), ("float32, TF32", "float32-tf32", "float32-tf32"))
+    paths += (("bfloat16", "bfloat16", "bfloat16"), ("float16", "float16", "float16"))
     lines = [
-        "| kernel | dtype | mode | D | registers | stack B | shared KB | wgmma | SASS/tile (elements/thread) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| kernel | dtype (default path) | mask | D | tile before → after | registers | stack B | shared KB | wgmma "
+        "| SASS per tile (elements per thread) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def per_thread(r: dict[str, Any]) -> int:
         return r["block_m"] * r["block_n"] // (32 * r["num_warps"])
 
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
     index = {(r["kernel"], r["dtype"], r["d"], r["mode"]): r for r in before}
-    for a in after:
-        b = index.get((a["kernel"], a["dtype"], a["d"], a["mode"]))
-        if b is None:
-            continue
-        cells = [
-            f"{b['registers']} → {a['registers']}",
-            f"{b['stack_bytes']} → {a['stack_bytes']}",
-            f"{b['shared_bytes'] // 1024} → {a['shared_bytes'] // 1024}",
-            f"{'yes' if b['wgmma'] else 'no'} → {'yes' if a['wgmma'] else 'no'}",
-            f"{b['sass_per_tile']} ({per_thread(b)}) → {a['sass_per_tile']} ({per_thread(a)})",
-        ]
-        lines.append(f"| {a['kernel']} | {a['dtype']} | {a['mode']} | {a['d']} | " + " | ".join(cells) + " |")
+    for label, before_dtype, after_dtype in paths:
+        for a in (r for r in after if r["dtype"] == after_dtype):
+            b = index.get((a["kernel"], before_dtype, a["d"], a["mode"]))
+            if b is None:
+                continue
+            cells = [
+                f"{_tile(b)} → {_tile(a)}",
+                f"{b['registers']} → {a['registers']}",
+                f"{b['stack_bytes']} → {a['stack_bytes']}",
+                f"{b['shared_bytes'] // 1024} → {a['shared_bytes'] // 1024}",
+                f"{yes(b['wgmma'])} → {yes(a['wgmma'])}",
+                f"{b['sass_per_tile']} ({per_thread(b)}) → {a['sass_per_tile']} ({per_thread(a)})",
+            ]
+            mask = a["mode"].split("-")[1]
+            lines.append(f"| {a['kernel']} | {label} | {mask} | {a['d']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -223,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="only print the tables of two record files"
     )
+    parser.add_argument("--tables", metavar="RECORDS", help="only print the tables of a record file")
     args = parser.parse_args(argv)
     if args.compare:
         before, after = (json.loads(Path(p).read_text()) for p in args.compare)
@@ -230,8 +256,15 @@ def main(argv: list[str] | None = None) -> None:
             r.update(predict_ms(r))
         print(comparison(before, after))
         for label, records in (("before", before), ("after", after)):
-            print(f"\n{label}:\n")
-            print(prediction_table(records, 128, "attract-hard"))
+            for mode in ("attract-hard", "attract-soft"):
+                print(f"\n{label}:\n")
+                print(prediction_table(records, 128, mode))
+        return
+    if args.tables:
+        records = json.loads(Path(args.tables).read_text())
+        for r in records:
+            r.update(predict_ms(r))
+        print_tables(records)
         return
     jobs = [
         (dtype_name, int(d), mode)
@@ -252,10 +285,14 @@ def main(argv: list[str] | None = None) -> None:
         for r in records:
             print(json.dumps(r))
         return
+    print_tables(records)
+
+
+def print_tables(records: list[dict[str, Any]]) -> None:
     print(markdown(records))
     print()
     for d in sorted({r["d"] for r in records}):
-        for mode in sorted({r["mode"] for r in records}):
+        for mode in sorted({r["mode"] for r in records if r["d"] == d}):
             print(prediction_table(records, d, mode))
             print()
 

@@ -8,6 +8,7 @@ both tile loops of each kernel: the fast tiles and the ones that may hold a self
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -200,6 +201,27 @@ def test_rows_in_chunks(
         z, z.roll(3, 0), thresholds_for(n, device), partner, self_index, settings_for(mode, mask),
         ref_dtype=torch.float32, **tol,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(("mode", "mask"), [("attract", "soft"), ("relabel", "hard")])
+def test_backward_output_in_slices(mode: str, mask: str, device: torch.device, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rows kept on chip for the scores, dQ and dK written in 16-wide slices by separate programs
+    # (TileConfig.out_d: how the float32 3xTF32 dQ kernel stays within its registers at D = 128).
+    make_plan = kernel_module.make_plan
+
+    def sliced(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        plan = make_plan(*args, **kwargs)
+        dq = dataclasses.replace(plan.dq, out_d=16)
+        dk = dataclasses.replace(plan.dk, out_d=16)
+        return dataclasses.replace(plan, dq=dq, dk=dk)
+
+    monkeypatch.setattr(kernel_module, "make_plan", sliced)
+    kernel_module.set_fp32_precision("3xtf32")
+    n, d = 34, 40  # padded to 64: four slices
+    z = embeddings(n, d, device)
+    partner, self_index = single_process_layout(n, device)
+    thr = thresholds_for(n, device)
+    assert_matches_reference(z, z.roll(2, 0), thr, partner, self_index, settings_for(mode, mask))
 
 
 @pytest.mark.parametrize("mask", MASKS)
@@ -475,7 +497,7 @@ def test_bad_inputs_raise(device: torch.device) -> None:
     ("dtype", "precision", "tolerance"),
     [
         (torch.float32, "3xtf32", 1e-5),
-        (torch.float32, "tf32", 5e-3),
+        (torch.float32, "tf32", 1e-2),
         (torch.float32, "ieee", 1e-5),
         (torch.bfloat16, "native", 3e-2),
         (torch.float16, "native", 5e-3),

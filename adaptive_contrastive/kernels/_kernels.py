@@ -116,7 +116,7 @@ def _dq_tile(q_hi, q_lo, Q, QL, K, KL, COL_LABEL, row0, col0, d0, Nq, Nk, stride
              MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr,
              SPLIT: tl.constexpr, PRECISION: tl.constexpr, EMULATE_TF32: tl.constexpr,
              NUM_CHUNKS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             CHECK_CAND: tl.constexpr):
+             OUT_D: tl.constexpr, CHECK_CAND: tl.constexpr):
     """dQ (and Σ βD) of one column tile against the program's rows."""
     offs_n = col0 + tl.arange(0, BLOCK_N)
     s, k_hi, k_lo = scores(q_hi, q_lo, Q, QL, K, KL, row0, col0, Nq, Nk, stride,
@@ -134,11 +134,11 @@ def _dq_tile(q_hi, q_lo, Q, QL, K, KL, COL_LABEL, row0, col0, d0, Nq, Nk, stride
                           coef_y[:, None], coef_d[:, None], sigma[:, None], centre[:, None],
                           scale2, mask_scale2, inv_tau,
                           HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS, CHECK_CAND)
-    if NUM_CHUNKS > 1:  # the slice of K that this program's slice of dQ needs
-        k_hi = load_rows(K + d0, col0, Nk, stride, BLOCK_N, BLOCK_D, CHECK_CAND)
+    if NUM_CHUNKS > 1 or OUT_D < BLOCK_D:  # the slice of K that this program's slice of dQ needs
+        k_hi = load_rows(K + d0, col0, Nk, stride, BLOCK_N, OUT_D, CHECK_CAND)
         k_lo = k_hi
         if SPLIT:
-            k_lo = load_rows(KL + d0, col0, Nk, stride, BLOCK_N, BLOCK_D, CHECK_CAND)
+            k_lo = load_rows(KL + d0, col0, Nk, stride, BLOCK_N, OUT_D, CHECK_CAND)
     dq = grad_dot(ds, k_hi, k_lo, dq, SPLIT, PRECISION, EMULATE_TF32)
     if not HARD_MASK:
         dthr += tl.sum(dmask, 1)
@@ -156,10 +156,11 @@ def _bwd_dq_kernel(
     MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr,
     SPLIT: tl.constexpr, PRECISION: tl.constexpr, EMULATE_TF32: tl.constexpr,
     NUM_CHUNKS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    OUT_D: tl.constexpr,  # width of this program's slice of dQ
 ):
     tl.static_assert(BLOCK_D >= 16, "tl.dot needs inner tiles of at least 16")
     row0 = tl.program_id(0) * BLOCK_M
-    d0 = tl.program_id(1) * BLOCK_D  # this program's slice of dQ (several only for chunked rows)
+    d0 = tl.program_id(1) * OUT_D  # this program's slice of dQ (one unless OUT_D < the row)
     offs_m = row0 + tl.arange(0, BLOCK_M)
     row_ok = offs_m < Nq
     partner = tl.load(PARTNER + offs_m, mask=row_ok, other=0)
@@ -192,7 +193,7 @@ def _bwd_dq_kernel(
         if SPLIT:
             q_lo = load_rows(QL, row0, Nq, stride, BLOCK_M, BLOCK_D, True)
 
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    dq = tl.zeros([BLOCK_M, OUT_D], dtype=tl.float32)
     dthr = tl.zeros([BLOCK_M], dtype=tl.float32)
     n_full = Nk // BLOCK_N
     lo0, len0, lo1, len1 = _row_intervals(self_idx, partner, row_ok, n_full, BLOCK_N)
@@ -203,16 +204,16 @@ def _bwd_dq_kernel(
                             partner, self_idx, thr, thr_m, rl, lse2, coef_p, coef_y, coef_d, sigma, centre,
                             scale2, mask_scale2, inv_tau, dq, dthr,
                             HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS,
-                            SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, False)
+                            SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, OUT_D, False)
     for t in range(n_fast, n_fast + len0 + len1 + tl.cdiv(Nk, BLOCK_N) - n_full):
         col0 = tile_start(t, n_fast, lo0, len0, lo1, len1, n_full, BLOCK_N)
         dq, dthr = _dq_tile(q_hi, q_lo, Q, QL, K, KL, COL_LABEL, row0, col0, d0, Nq, Nk, stride,
                             partner, self_idx, thr, thr_m, rl, lse2, coef_p, coef_y, coef_d, sigma, centre,
                             scale2, mask_scale2, inv_tau, dq, dthr,
                             HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS,
-                            SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, True)
+                            SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, OUT_D, True)
     dq = dq * tl.load(OUT_SCALE)
-    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_d = d0 + tl.arange(0, OUT_D)
     tl.store(DQ + row0.to(tl.int64) * stride + (tl.arange(0, BLOCK_M)[:, None] * stride + offs_d[None, :]),
              dq, mask=row_ok[:, None])
     if not HARD_MASK:
@@ -234,7 +235,7 @@ def _dk_tile(k_hi, k_lo, Q, QL, K, KL, THR, PARTNER, SELF, ROW_LABEL, LSE2, COEF
              MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr,
              SPLIT: tl.constexpr, PRECISION: tl.constexpr, EMULATE_TF32: tl.constexpr,
              NUM_CHUNKS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             CHECK_CAND: tl.constexpr):
+             OUT_D: tl.constexpr, CHECK_CAND: tl.constexpr):
     """dK of one row tile against the program's columns, on the transposed tile (columns × rows)."""
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_n = col0 + tl.arange(0, BLOCK_N)
@@ -269,11 +270,11 @@ def _dk_tile(k_hi, k_lo, Q, QL, K, KL, THR, PARTNER, SELF, ROW_LABEL, LSE2, COEF
     ds, _ = grad_tile(s, thr[None, :], thr_m[None, :], kappa, cand, lse2[None, :], coef_p[None, :], coef_y[None, :],
                       coef_d[None, :], sigma[None, :], centre[None, :], scale2, mask_scale2, inv_tau,
                       HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS, CHECK_CAND)
-    if NUM_CHUNKS > 1:
-        q_hi = load_rows(Q + d0, row0, Nq, stride, BLOCK_M, BLOCK_D, CHECK_CAND)
+    if NUM_CHUNKS > 1 or OUT_D < BLOCK_D:
+        q_hi = load_rows(Q + d0, row0, Nq, stride, BLOCK_M, OUT_D, CHECK_CAND)
         q_lo = q_hi
         if SPLIT:
-            q_lo = load_rows(QL + d0, row0, Nq, stride, BLOCK_M, BLOCK_D, CHECK_CAND)
+            q_lo = load_rows(QL + d0, row0, Nq, stride, BLOCK_M, OUT_D, CHECK_CAND)
     return grad_dot(ds, q_hi, q_lo, dk, SPLIT, PRECISION, EMULATE_TF32)
 
 
@@ -289,10 +290,11 @@ def _bwd_dk_kernel(
     MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr,
     SPLIT: tl.constexpr, PRECISION: tl.constexpr, EMULATE_TF32: tl.constexpr,
     NUM_CHUNKS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    OUT_D: tl.constexpr,  # width of this program's slice of dK
 ):
     tl.static_assert(BLOCK_D >= 16, "tl.dot needs inner tiles of at least 16")
     col0 = tl.program_id(0) * BLOCK_N
-    d0 = tl.program_id(1) * BLOCK_D
+    d0 = tl.program_id(1) * OUT_D
     offs_n = col0 + tl.arange(0, BLOCK_N)
     col_ok = offs_n < Nk
     cl = offs_n
@@ -319,20 +321,20 @@ def _bwd_dk_kernel(
         n_full,
     )
     n_fast = n_full - len0 - len1
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dk = tl.zeros([BLOCK_N, OUT_D], dtype=tl.float32)
     for t in range(0, n_fast):
         row0 = tile_start(t, n_fast, lo0, len0, lo1, len1, n_full, BLOCK_M)
         dk = _dk_tile(k_hi, k_lo, Q, QL, K, KL, THR, PARTNER, SELF, ROW_LABEL, LSE2, COEF_P, COEF_Y, COEF_D, SIGMA,
                       CENTRE, row0, col0, d0, Nq, Nk, stride, cl, scale2, mask_scale2, inv_tau, dk,
                       HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS,
-                      SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, False)
+                      SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, OUT_D, False)
     for t in range(n_fast, n_fast + len0 + len1 + tl.cdiv(Nq, BLOCK_M) - n_full):
         row0 = tile_start(t, n_fast, lo0, len0, lo1, len1, n_full, BLOCK_M)
         dk = _dk_tile(k_hi, k_lo, Q, QL, K, KL, THR, PARTNER, SELF, ROW_LABEL, LSE2, COEF_P, COEF_Y, COEF_D, SIGMA,
                       CENTRE, row0, col0, d0, Nq, Nk, stride, cl, scale2, mask_scale2, inv_tau, dk,
                       HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS,
-                      SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, True)
+                      SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, OUT_D, True)
     dk = dk * tl.load(OUT_SCALE)
-    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_d = d0 + tl.arange(0, OUT_D)
     tl.store(DK + col0.to(tl.int64) * stride + (tl.arange(0, BLOCK_N)[:, None] * stride + offs_d[None, :]),
              dk, mask=col_ok[:, None])

@@ -34,17 +34,17 @@
 #   a TF32 head and a float32 remainder, and a·b ≈ a_hi·b_lo + a_lo·b_hi + a_hi·b_hi (error ~2^-21 of
 #   |a||b| against 2^-11 for one TF32 product). "tf32" and "ieee" are options (set_fp32_precision).
 # - bfloat16/float16 stay 16-bit in the kernels and accumulate in float32. The gradient tile is cast
-#   to the input dtype for its tensor-core product *without* the upstream g_i/max|g| factor... see
-#   `_gradient_scaling`: float16 tiles are scaled by a power of two that keeps them in float16's
-#   normal range, and the float32 accumulators are scaled back.
+#   to the input dtype for its tensor-core product; in float16 it is first scaled into float16's
+#   normal range (g_i/max|g| times a power of two, `_gradient_scaling`) and the float32
+#   accumulators are scaled back, so that a mean's g_i = 1/N does not flush it to zero.
 #
-# Kernels: `_fwd_kernel` (one program per BLOCK_M rows, loops over column tiles, stores four floats
-# per row), `_bwd_dq_kernel` (same row tiling: dQ and dt) and `_bwd_dk_kernel` (one program per
-# BLOCK_N columns, loops over row tiles, computes the transposed score tile so that dsᵀ feeds the
-# dK product from registers). Both backward kernels recompute the score tiles, so nothing of size
-# Nq×Nk is ever stored, and each output tile is owned by one program: no atomics, deterministic
-# gradients. A fused backward (one element-wise pass, dK by atomics) was evaluated and not kept:
-# see benchmarks/RESULTS.md.
+# Kernels (`_kernels.py`; tile helpers in `_tiles.py`): `_fwd_kernel` (one program per BLOCK_M rows,
+# loops over column tiles, stores four floats per row), `_bwd_dq_kernel` (same row tiling: dQ and
+# dt) and `_bwd_dk_kernel` (one program per BLOCK_N columns, loops over row tiles, computes the
+# transposed score tile so that dsᵀ feeds the dK product from registers). Both backward kernels
+# recompute the score tiles, so nothing of size Nq×Nk is ever stored, and each output tile is owned
+# by one program: no atomics, deterministic gradients. A fused backward (one element-wise pass, dK
+# by atomics) was evaluated and not kept: see benchmarks/RESULTS.md.
 #
 # Rows wider than 256 features (128 for float32) are processed in BLOCK_D-wide chunks: the score
 # tile accumulates over chunks and each backward program owns one BLOCK_D-wide slice of its output.
@@ -138,6 +138,7 @@ class TileConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    out_d: int | None = None  # backward: width of each program's output slice (None: the whole row)
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,11 @@ _HALF = (_T(128, 64, 8, 2), _T(128, 64, 8, 2), _T(64, 128, 8, 2))
 _HALF_SOFT = (_T(128, 64, 8, 2), _T(128, 32, 8, 2), _T(64, 128, 8, 2))
 _TF32 = (_T(128, 64, 8, 2), _T(128, 32, 8, 2), _T(32, 128, 8, 2))
 _X3 = (_T(128, 32, 8, 2), _T(128, 32, 8, 2), _T(32, 128, 8, 2))
+# 3xTF32 at D = 128: dQ in two 64-wide slices (one program each, the scores computed twice):
+# with the whole 128-wide accumulator Triton 3.6 spills it.
+_X3_WIDE = (_T(128, 32, 8, 2), _T(128, 32, 8, 2, out_d=64), _T(16, 128, 8, 2))
 _X3_NARROW = (_T(128, 32, 8, 2), _T(128, 16, 8, 2), _T(16, 128, 8, 2))
-_IEEE = (_T(32, 32, 4, 2), _T(32, 32, 4, 2), _T(32, 32, 4, 2))
+_IEEE = (_T(32, 32, 4, 2), _T(32, 16, 4, 2), _T(16, 32, 4, 2))
 _TILES: dict[tuple[str, int | str, bool], tuple[TileConfig, TileConfig, TileConfig]] = {
     **{("16bit", w, False): _HALF for w in (64, 128, 256, "chunked")},
     **{("16bit", w, True): _HALF_SOFT for w in (64, 128, "chunked")},
@@ -192,8 +196,8 @@ _TILES: dict[tuple[str, int | str, bool], tuple[TileConfig, TileConfig, TileConf
     **{("tf32", w, soft): _TF32 for w in (64, 128, "chunked") for soft in (False, True)},
     ("3xtf32", 64, False): _X3,
     ("3xtf32", 64, True): _X3,
-    ("3xtf32", 128, False): _X3,
-    ("3xtf32", 128, True): _X3_NARROW,
+    ("3xtf32", 128, False): _X3_WIDE,
+    ("3xtf32", 128, True): _X3_WIDE,
     ("3xtf32", "chunked", False): _X3_NARROW,
     ("3xtf32", "chunked", True): _X3_NARROW,
     **{("ieee", w, soft): _IEEE for w in (32, "chunked") for soft in (False, True)},
@@ -352,12 +356,14 @@ def prepare_operands(
     column_labels: Tensor | None,
     plan: KernelPlan,
 ) -> Operands:
-    """Kernel inputs of one call (O(N·D) copies at most: padding, the 3xTF32 split)."""
+    """Kernel inputs of one call (O(N·D) copies at most: padding, the 3xTF32 split). When q and k
+    are the same rows (one process: Z against itself), they are prepared once."""
+    same = q.shape == k.shape and q.stride() == k.stride() and q.data_ptr() == k.data_ptr() and q.dtype == k.dtype
     q = _padded(q.to(plan.dtype), plan.stride)
-    k = _padded(k.to(plan.dtype), plan.stride)
+    k = q if same else _padded(k.to(plan.dtype), plan.stride)
     if plan.split:
         q_hi, q_lo = _split_tf32_host(q)
-        k_hi, k_lo = _split_tf32_host(k)
+        k_hi, k_lo = (q_hi, q_lo) if same else _split_tf32_host(k)
     else:
         q_hi = q_lo = q
         k_hi = k_lo = k
@@ -437,11 +443,13 @@ def backward_launches(
         **common, "SELF_ROWS": self_rows, "PARTNER_ROWS": partner_rows, "DK": grad_k,
         "Nq": nq, "Nk": nk, "stride": plan.stride, **scalars,
     }  # fmt: skip
+    dq_out = plan.dq.out_d or plan.block_d
+    dk_out = plan.dk.out_d or plan.block_d
     return [
-        Launch("bwd_dq", _bwd_dq_kernel, (triton.cdiv(nq, plan.dq.block_m), plan.num_chunks), dq_args,
-               constexprs, plan.dq),
-        Launch("bwd_dk", _bwd_dk_kernel, (triton.cdiv(nk, plan.dk.block_n), plan.num_chunks), dk_args,
-               constexprs, plan.dk),
+        Launch("bwd_dq", _bwd_dq_kernel, (triton.cdiv(nq, plan.dq.block_m), plan.stride // dq_out), dq_args,
+               {**constexprs, "OUT_D": dq_out}, plan.dq),
+        Launch("bwd_dk", _bwd_dk_kernel, (triton.cdiv(nk, plan.dk.block_n), plan.stride // dk_out), dk_args,
+               {**constexprs, "OUT_D": dk_out}, plan.dk),
     ]  # fmt: skip
 
 
