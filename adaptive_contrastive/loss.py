@@ -1,4 +1,4 @@
-"""`AdaptiveInfoNCE`: the stateful loss of AdaptiveRec (SPEC §4–5).
+"""`AdaptiveInfoNCE`: the stateful loss of AdaptiveRec.
 
 The module holds state only: the threshold network, the running target k̄_stat and the epoch
 counter. The math lives in `functional`.
@@ -28,11 +28,13 @@ from .threshold import DEFAULT_MAX_PAIRS, ThresholdNet, candidate_similarity_qua
 UPDATES = ("epoch", "ema")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Diagnostics:
     """Detached facts about the last forward call.
 
     Tensors stay on the loss's device (0-d unless noted), so reading them is the only sync.
+    ``print(diagnostics)`` shows a one-line summary (which reads them); the fields hold the raw
+    tensors.
 
     Attributes:
         k: `(N,)` threshold used by each row (NaN where the loss ran as ``keep``).
@@ -43,7 +45,8 @@ class Diagnostics:
         loss_learn: L_learn, the contrastive part.
         loss_reg: L_reg, the threshold regulariser (0 while no k̄_stat exists).
         mode: the false-negative mode the call actually used (``keep`` during warmup).
-        epoch: the epoch counter at the call.
+        epoch: the epoch the call belongs to, counted from 1 as a training loop counts: calls
+            before the first `end_epoch()` report 1.
     """
 
     k: Tensor
@@ -56,6 +59,19 @@ class Diagnostics:
     mode: str
     epoch: int
 
+    def __repr__(self) -> str:
+        # One line of means and shares; the raw tensors stay in the fields.
+        return (
+            f"Diagnostics(epoch={self.epoch}, mode={self.mode!r}, k_mean={_number(self.k.float().mean())}, "
+            f"k_stat={_number(self.k_stat)}, k_bar={_number(self.k_bar)}, "
+            f"suspected={float(self.false_negative_fraction):.2%}, loss_learn={_number(self.loss_learn)}, "
+            f"loss_reg={_number(self.loss_reg)})"
+        )
+
+
+def _number(value: Tensor) -> str:
+    return f"{float(value):.4g}"
+
 
 class AdaptiveInfoNCE(nn.Module):
     """L_cl = L_learn + λ·L_reg of AdaptiveRec (Jeon, Ryu, Cho, Kang, ICML 2023 workshop).
@@ -65,7 +81,9 @@ class AdaptiveInfoNCE(nn.Module):
     batch `quantile` of candidate similarities. Call `end_epoch()` after every epoch.
 
     Args:
-        dim: embedding width D; builds ``ThresholdNet(dim)`` when `threshold` is left as ``"learn"``.
+        dim: embedding width D, needed only where a ThresholdNet is built: `threshold` left as
+            ``"learn"`` with a mode that uses a threshold (every mode but ``"keep"``, which has no
+            threshold to learn and builds none).
         threshold: ``"learn"`` (default: a new ThresholdNet), a ThresholdNet or any module mapping
             `(B, D)` to `(B,)`, a fixed float, or None to use k̄_stat itself as the threshold.
         temperature: τ > 0.
@@ -148,12 +166,20 @@ class AdaptiveInfoNCE(nn.Module):
 
         self.threshold_net: nn.Module | None = None
         self.fixed_threshold: float | None = None
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ValueError(f"dim must be a positive int (the embedding width D), got {dim!r}")
         if isinstance(threshold, str):
             if threshold != "learn":
                 raise ValueError(f'threshold={threshold!r}: pass "learn", a module, a float or None')
-            if dim is None:
-                raise ValueError('AdaptiveInfoNCE(threshold="learn") builds ThresholdNet(dim): pass dim=D')
-            self.threshold_net = ThresholdNet(dim, similarity=similarity)
+            if self.settings.uses_threshold:
+                if dim is None:
+                    raise ValueError(
+                        f'false_negatives="{self.settings.false_negatives}" with threshold="learn" builds '
+                        "ThresholdNet(dim): pass dim=D, the width of the embeddings (or a fixed threshold=, "
+                        "or threshold=None to use k̄_stat itself)"
+                    )
+                self.threshold_net = ThresholdNet(dim, similarity=similarity)
+            # "keep" has no threshold: nothing to learn, so no ThresholdNet and no L_reg.
         elif isinstance(threshold, nn.Module):
             self.threshold_net = threshold
         elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
@@ -268,7 +294,7 @@ class AdaptiveInfoNCE(nn.Module):
             loss_learn=loss_learn.detach().mean(),
             loss_reg=loss_reg.detach(),
             mode=settings.false_negatives,
-            epoch=int(self.epochs_done),
+            epoch=int(self.epochs_done) + 1,
         )
         return loss
 
