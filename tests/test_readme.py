@@ -63,3 +63,9 @@ def test_extras_in_the_readme_are_the_packaged_ones() -> None:
     rows = set(re.findall(r"^\| `([a-z]+)` \|", table, flags=re.M))
     assert rows == set(extras)
     assert any("triton" in requirement for requirement in extras["test"]), "the README says `test` pulls Triton"
+
+
+def test_the_install_page_repeats_the_two_commands() -> None:
+    install = (REPO / "docs" / "install.md").read_text(encoding="utf-8")
+    for command in setup_commands():
+        assert command in install, command
