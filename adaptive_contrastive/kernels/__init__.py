@@ -5,6 +5,16 @@ Under ``TRITON_INTERPRET=1`` (set before this package is first imported) the ker
 CPU tensors, slowly: that is how the tests check them without a GPU.
 """
 
+try:
+    import triton  # noqa: F401
+except ImportError as error:
+    raise ImportError(
+        "adaptive_contrastive.kernels needs Triton >= 3.0 (and a CUDA GPU to run the kernels): "
+        'pip install "adaptive-contrastive[triton]". Without it the loss runs on the reference PyTorch '
+        'backend (backend="auto" or "reference"), on any device.',
+        name="triton",
+    ) from error
+
 from .masked_info_nce import MAX_DIM, MaskedInfoNCETriton, triton_masked_info_nce_rows
 
 __all__ = ["MAX_DIM", "MaskedInfoNCETriton", "triton_masked_info_nce_rows"]
