@@ -230,7 +230,8 @@ def adaptive_info_nce(
     Candidates of row i whose similarity exceeds its threshold k_i are suspected false negatives:
     ``drop`` removes them from the softmax denominator (paper Eq. 8), ``attract`` also turns them
     into weighted positives (Eq. 9), ``relabel`` keeps them in the softmax as soft targets (the
-    authors' code), and ``keep`` is plain InfoNCE / NT-Xent. See SPEC §3 for the formulas.
+    authors' code), and ``keep`` is plain InfoNCE / NT-Xent. The documentation's page on the four
+    modes gives the formulas.
 
     Args:
         z1, z2: `(B, D)` two views of B >= 2 sequences; row b of z1 pairs with row b of z2.
@@ -255,7 +256,7 @@ def adaptive_info_nce(
         The loss, float32 (float64 for float64 inputs): a scalar, or `(2B,)` with ``reduction="none"``.
 
     Raises:
-        TypeError, ValueError: for any argument outside the contract, naming it (SPEC §6).
+        TypeError, ValueError: for any argument outside the contract, naming it and the fix.
 
     Example:
         >>> z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
@@ -369,7 +370,7 @@ def k_stat(
     max_pairs: int = DEFAULT_MAX_PAIRS,
     seed: int | None = None,
 ) -> Tensor:
-    """k_stat of a batch: the `quantile` of all candidate similarities (paper §3.2.1, SPEC §4).
+    """k_stat of a batch: the `quantile` of all candidate similarities (paper §3.2.1).
 
     Exact while N(N-2) <= `max_pairs` (N = 2B); beyond that estimated from a random sample of
     about `max_pairs` candidate pairs without building the N×N matrix. The sample is fixed by

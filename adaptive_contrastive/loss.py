@@ -1,4 +1,4 @@
-"""`AdaptiveInfoNCE`: the stateful loss of AdaptiveRec (SPEC §4–5).
+"""`AdaptiveInfoNCE`: the stateful loss of AdaptiveRec.
 
 The module holds state only: the threshold network, the running target k̄_stat and the epoch
 counter. The math lives in `functional`.
@@ -7,6 +7,7 @@ counter. The math lives in `functional`.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -43,25 +44,29 @@ from .threshold import DEFAULT_MAX_PAIRS, ThresholdNet, candidate_similarity_qua
 UPDATES = ("epoch", "ema")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Diagnostics:
     """Detached facts about the last forward call.
 
     Tensors stay on the loss's device (0-d unless noted), so reading them is the only sync.
+    ``print(diagnostics)`` shows a one-line summary (which reads them); the fields hold the raw
+    tensors.
 
     Attributes:
         k: `(N,)` threshold used by each row (NaN where the loss ran as ``keep``).
         k_learn: `(B,)` ThresholdNet output, or None without a ThresholdNet.
-        k_stat: the batch's q-quantile of candidate similarities.
+        k_stat: the batch's q-quantile of candidate similarities (divided by τ with
+            ``threshold_units="logit"``, like `k_learn` and `k_bar`; `k` is always in similarity units).
         k_bar: the target k̄_stat (NaN while none exists).
         false_negative_fraction: mean over rows of F_i / (N - 2), the share of candidates treated as
             false negatives (known positives included).
         known_positive_fraction: the share of candidates that are known positives (from ``labels``;
-            0 without labels). `suspected_fraction` is the rest of `false_negative_fraction`.
+            None without labels). `suspected_fraction` is the rest of `false_negative_fraction`.
         loss_learn: L_learn, the contrastive part.
         loss_reg: L_reg, the threshold regulariser (0 while no k̄_stat exists).
         mode: the false-negative mode the call actually used (``keep`` during warmup).
-        epoch: the epoch counter at the call.
+        epoch: the epoch the call belongs to, counted from 1 as a training loop counts: calls
+            before the first `end_epoch()` report 1.
     """
 
     k: Tensor
@@ -82,6 +87,20 @@ class Diagnostics:
             return self.false_negative_fraction
         return self.false_negative_fraction - self.known_positive_fraction
 
+    def __repr__(self) -> str:
+        # One line of means and shares; the raw tensors stay in the fields.
+        known = "" if self.known_positive_fraction is None else f"known={float(self.known_positive_fraction):.2%}, "
+        return (
+            f"Diagnostics(epoch={self.epoch}, mode={self.mode!r}, k_mean={_number(self.k.float().mean())}, "
+            f"k_stat={_number(self.k_stat)}, k_bar={_number(self.k_bar)}, "
+            f"suspected={float(self.false_negative_fraction):.2%}, {known}loss_learn={_number(self.loss_learn)}, "
+            f"loss_reg={_number(self.loss_reg)})"
+        )
+
+
+def _number(value: Tensor) -> str:
+    return f"{float(value):.4g}"
+
 
 REG_NORMS = ("mean_square", "l2")
 THRESHOLD_UNITS = ("similarity", "logit")
@@ -97,7 +116,9 @@ class AdaptiveInfoNCE(nn.Module):
     batch `quantile` of candidate similarities. Call `end_epoch()` after every epoch.
 
     Args:
-        dim: embedding width D; builds ``ThresholdNet(dim)`` when `threshold` is left as ``"learn"``.
+        dim: embedding width D, needed only where a ThresholdNet is built: `threshold` left as
+            ``"learn"`` with a mode that uses a threshold (every mode but ``"keep"``, which has no
+            threshold to learn and builds none).
         threshold: ``"learn"`` (default: a new ThresholdNet), a ThresholdNet or any module mapping
             `(B, D)` to `(B,)`, a fixed float, None to use k̄_stat itself as the threshold, or
             ``"labels"`` for no threshold at all: only the known positives passed to `forward` as
@@ -204,6 +225,8 @@ class AdaptiveInfoNCE(nn.Module):
 
         self.threshold_net: nn.Module | None = None
         self.fixed_threshold: float | None = None
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1):
+            raise ValueError(f"dim must be a positive int (the embedding width D), got {dim!r}")
         self.labels_only = isinstance(threshold, str) and threshold == "labels"
         if self.labels_only:
             if not self.settings.uses_threshold:
@@ -211,9 +234,15 @@ class AdaptiveInfoNCE(nn.Module):
         elif isinstance(threshold, str):
             if threshold != "learn":
                 raise ValueError(f'threshold={threshold!r}: pass "learn", "labels", a module, a float or None')
-            if dim is None:
-                raise ValueError('AdaptiveInfoNCE(threshold="learn") builds ThresholdNet(dim): pass dim=D')
-            self.threshold_net = ThresholdNet(dim, similarity=similarity)
+            if self.settings.uses_threshold:
+                if dim is None:
+                    raise ValueError(
+                        f'false_negatives="{self.settings.false_negatives}" with threshold="learn" builds '
+                        "ThresholdNet(dim): pass dim=D, the width of the embeddings (or a fixed threshold=, "
+                        'threshold=None to use k̄_stat itself, or threshold="labels" for known positives only)'
+                    )
+                self.threshold_net = ThresholdNet(int(dim), similarity=similarity)
+            # "keep" has no threshold: nothing to learn, so no ThresholdNet and no L_reg.
         elif isinstance(threshold, nn.Module):
             self.threshold_net = threshold
         elif is_real(threshold):
@@ -415,7 +444,7 @@ class AdaptiveInfoNCE(nn.Module):
             loss_learn=loss_learn.detach().mean(),
             loss_reg=loss_reg.detach(),
             mode=settings.false_negatives,
-            epoch=self._epochs,
+            epoch=self._epochs + 1,
             known_positive_fraction=None if known is None else known.to(rows.dtype).mean() / max(global_rows - 2, 1),
         )
         return loss

@@ -188,7 +188,7 @@ def test_module_labels_alone() -> None:
     want = adaptive_info_nce(z1, z2, None, labels=labels, false_negatives="drop", temperature=0.5)
     torch.testing.assert_close(loss, want)
     last = loss_fn.last
-    assert last is not None and last.mode == "drop" and last.epoch == 0
+    assert last is not None and last.mode == "drop" and last.epoch == 1
     # three pairs of sequences share a label: each row has 2 known positives among its 2B - 2 candidates
     assert float(last.known_positive_fraction) == pytest.approx(2 / (2 * B - 2))
     assert float(last.false_negative_fraction) == pytest.approx(2 / (2 * B - 2))

@@ -108,7 +108,7 @@ def test_warmup_behaves_as_keep(threshold: object, warmup: int, update: str) -> 
             loss = loss_fn(z1, z2)
             assert loss_fn.last is not None
             assert loss_fn.last.mode == "keep"
-            assert loss_fn.last.epoch == epoch
+            assert loss_fn.last.epoch == epoch + 1  # counted from 1, as a training loop counts
             assert float(loss_fn.last.loss_reg) == 0.0
             assert float(loss_fn.last.false_negative_fraction) == 0.0
             torch.testing.assert_close(loss, keep_mean(z1, z2, 0.5), atol=1e-12, rtol=1e-12)
@@ -421,7 +421,7 @@ def test_diagnostics(threshold: object) -> None:
     loss = loss_fn(z1, z2)
     last = loss_fn.last
     assert isinstance(last, Diagnostics)
-    assert last.mode == "attract" and last.epoch == 1
+    assert last.mode == "attract" and last.epoch == 2  # the second epoch, counted from 1
     assert last.k.shape == (2 * b,)
     if threshold == "learn":
         assert last.k_learn.shape == (b,)

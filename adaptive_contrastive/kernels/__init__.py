@@ -6,6 +6,16 @@ CPU tensors, slowly: that is how the tests check them without a GPU. float32 inp
 cores as 3xTF32 (near-float32 accuracy) unless `set_fp32_precision` chooses "tf32" or "ieee".
 """
 
+try:
+    import triton  # noqa: F401
+except ImportError as error:
+    raise ImportError(
+        "adaptive_contrastive.kernels needs Triton >= 3.0 (and a CUDA GPU to run the kernels): "
+        'pip install "adaptive-contrastive[triton]". Without it the loss runs on the reference PyTorch '
+        'backend (backend="auto" or "reference"), on any device.',
+        name="triton",
+    ) from error
+
 from .masked_info_nce import (
     FP32_PRECISIONS,
     MAX_DIM,
