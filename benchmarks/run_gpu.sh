@@ -12,7 +12,8 @@
 #      of memory: it keeps N×N) and inf-cl;
 #   4. the GPU tests (pytest -m gpu tests/test_triton_kernel.py): accuracy at scale per dtype,
 #      odd widths 65 and 300, memory linear in N;
-#   5. the sweep (bench_loss.py, N on the outer loop) with the time left.
+#   5. check_machinery.py: no host syncs, autocast, torch.compile graph breaks, per backend;
+#   6. the sweep (bench_loss.py, N on the outer loop) with the time left.
 # Installs nothing from the network: wheels carried in ./.whl (inf-cl) are installed with
 # --no-index --no-deps into /tmp/site; a missing one is skipped, not failed.
 #
@@ -103,7 +104,12 @@ run_step n262144 60 "$PY" benchmarks/kernel_times.py "${DEV[@]}" "${BIG[@]}" --o
 # 4. The GPU tests.
 run_step tests_gpu 90 "$PY" -m pytest -m gpu tests/test_triton_kernel.py -q -p no:cacheprovider "${TESTS[@]}" \
     --junitxml="$OUT_DIR/tests_gpu.xml"
-# 5. The sweep with what is left, N on the outer loop.
+# 5. Syncs, autocast and torch.compile, every backend.
+MACHINERY_DEVICE=cuda
+[ "$DRY" = "1" ] && MACHINERY_DEVICE=cpu
+run_step machinery 60 env -u TRITON_INTERPRET "$PY" benchmarks/check_machinery.py --device "$MACHINERY_DEVICE" \
+    --out "$OUT_DIR/machinery.json"
+# 6. The sweep with what is left, N on the outer loop.
 SWEEP_S=$(( $(left) - 25 ))
 if (( SWEEP_S > 20 )); then
     run_step sweep $(( SWEEP_S + 15 )) "$PY" benchmarks/bench_loss.py "${DEV[@]}" "${SWEEP[@]}" \

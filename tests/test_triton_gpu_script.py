@@ -25,7 +25,7 @@ def test_run_gpu_dry_run(tmp_path: Path) -> None:
     log = (tmp_path / "run_gpu.log").read_text()
     assert proc.returncode == 0, proc.stderr[-2000:] + log[-2000:]
     steps = [line.split("start ")[1].split(" ")[0] for line in log.splitlines() if "] start " in line]
-    assert steps == ["check", "n16384", "n262144", "tests_gpu", "sweep"], log
+    assert steps == ["check", "n16384", "n262144", "tests_gpu", "machinery", "sweep"], log
     assert "timed out" not in log, log
 
     check = json.loads((tmp_path / "check" / "check.json").read_text())
@@ -43,6 +43,8 @@ def test_run_gpu_dry_run(tmp_path: Path) -> None:
     assert (tmp_path / "n262144" / "kernel_times.json").exists()
 
     assert "test_gpu_against_float64_at_scale" in (tmp_path / "tests_gpu.log").read_text()
+    machinery = json.loads((tmp_path / "machinery.json").read_text())["results"]
+    assert machinery and all(r["status"] == "ok" for r in machinery.values()), machinery
     sweep = json.loads((tmp_path / "sweep" / "bench_loss.json").read_text())
     assert {(r["method"], r["N"]) for r in sweep if r["status"] == "ok"} >= {
         ("reference_attract", 32),
