@@ -203,7 +203,7 @@ def test_troubleshooting_quotes_the_kernel_width_error() -> None:
         "import torch\n"
         "from adaptive_contrastive.functional import adaptive_info_nce\n"
         "try:\n"
-        "    adaptive_info_nce(torch.randn(4, 2048), torch.randn(4, 2048), 0.5, backend='triton')\n"
+        "    adaptive_info_nce(torch.randn(4, 8192), torch.randn(4, 8192), 0.5, backend='triton')\n"
         "except ValueError as error:\n"
         "    print(error)\n"
     )
