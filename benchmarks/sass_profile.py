@@ -92,7 +92,21 @@ def compile_for_sm90(
             consts[name] = value
         elif divisible:
             attrs[(index,)] = [["tt.divisibility", 16]]
-    source = ASTSource(kernel, signature, consts, attrs)
+    if "constexprs" in inspect.signature(ASTSource.__init__).parameters:
+        source = ASTSource(kernel, signature, consts, attrs)
+    else:  # Triton 3.0-3.1: signature and constants by parameter index, alignment in AttrsDescriptor
+        from triton.compiler.compiler import AttrsDescriptor
+
+        index = {name: i for i, name in enumerate(names)}
+        source = ASTSource(
+            kernel,
+            {index[n]: t for n, t in signature.items() if t != "constexpr"},
+            {index[n]: v for n, v in consts.items()},
+            AttrsDescriptor(
+                divisible_by_16={i for (i,) in attrs},
+                equal_to_1={index[n] for n, t in signature.items() if t == "constexpr" and n not in constexprs},
+            ),
+        )
     options = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": True}
     return triton.compile(source, target=GPUTarget(*SM90), options=options)
 

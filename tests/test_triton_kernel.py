@@ -454,6 +454,32 @@ def test_module_api(device: torch.device) -> None:
         torch.testing.assert_close(g, r, atol=2e-5, rtol=2e-4)
 
 
+def test_launch_falls_back_to_smaller_tiles_when_shared_memory_runs_out() -> None:
+    # Triton 3.0 needs more shared memory than a block may have for some float32 kernels at their
+    # default tiles; the launch then retries with smaller ones and remembers them.
+    from triton.runtime.errors import OutOfResources
+
+    launched: list[tuple[tuple[int, ...], int, int, int]] = []
+
+    class Kernel:
+        def __getitem__(self, grid):  # noqa: ANN001, ANN204
+            def run(**kwargs):  # noqa: ANN003, ANN202
+                if kwargs["num_stages"] > 1 or kwargs["BLOCK_N"] > 32:
+                    raise OutOfResources(240_000, 232_448, "shared memory")
+                launched.append((grid, kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_stages"]))
+
+            return run
+
+    kernel = Kernel()
+    config = kernel_module.TileConfig(128, 64, 8, 2)
+    launch = kernel_module.Launch("dq", kernel, 1000, "block_m", 2, {}, {"FLAG": True}, config)
+    launch.run()
+    launch.run()
+    assert launched == [((8, 2), 128, 32, 1)] * 2  # one stage, then half the streamed columns
+    assert kernel_module.smaller_tiles(kernel_module.TileConfig(16, 128, 8, 1), "block_n").block_n == 64
+    assert kernel_module.smaller_tiles(kernel_module.TileConfig(16, 16, 4, 1)) is None
+
+
 @pytest.mark.skipif(ON_CUDA, reason="checks the CPU switch of the interpreter")
 def test_backend_resolution_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_backend("triton", torch.device("cpu")) == "triton"

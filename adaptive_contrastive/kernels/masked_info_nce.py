@@ -52,6 +52,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -63,6 +64,11 @@ from torch import Tensor
 
 from ..reference import LossSettings, label_centre, label_terms, row_loss
 from ._kernels import _bwd_dk_kernel, _bwd_dq_kernel, _fwd_kernel
+
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # pragma: no cover - other Triton layouts
+    OutOfResources = RuntimeError  # type: ignore[misc,assignment]
 
 __all__ = [
     "FP32_PRECISIONS",
@@ -238,27 +244,69 @@ def make_plan(dtype: torch.dtype, d: int, precision: str, interpreted: bool = Fa
 
 @dataclass
 class Launch:
-    """One kernel launch: what `kernel_stats.py` compiles ahead of time is exactly what runs."""
+    """One kernel launch: what `kernel_stats.py` compiles ahead of time is exactly what runs.
+
+    The grid is cdiv(rows, the config's `block`) programs by `slices` (output slices along D)."""
 
     name: str
     kernel: Any
-    grid: tuple[int, ...]
+    rows: int
+    block: str  # "block_m" or "block_n": the tile size the grid's first axis counts
+    slices: int
     args: dict[str, Any]
     constexprs: dict[str, Any]
     config: TileConfig
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        return triton.cdiv(self.rows, getattr(self.config, self.block)), self.slices
+
     def run(self) -> None:
-        self.kernel[self.grid](
-            **self.args,
-            **self.constexprs,
-            BLOCK_M=self.config.block_m,
-            BLOCK_N=self.config.block_n,
-            num_warps=self.config.num_warps,
-            num_stages=self.config.num_stages,
-        )
+        """Launch with the default tiles; on a Triton whose code for them needs more shared
+        memory than a block may have (Triton 3.0 does for some float32 kernels), with the next
+        smaller tiles, remembered for the next launch of the same kernel."""
+        key = (self.kernel, self.config, tuple(sorted(self.constexprs.items())))
+        config = _SMALLER_TILES.get(key, self.config)
+        while True:
+            try:
+                launch = Launch(self.name, self.kernel, self.rows, self.block, self.slices, self.args,
+                                self.constexprs, config)  # fmt: skip
+                self.kernel[launch.grid](
+                    **self.args,
+                    **self.constexprs,
+                    BLOCK_M=config.block_m,
+                    BLOCK_N=config.block_n,
+                    num_warps=config.num_warps,
+                    num_stages=config.num_stages,
+                )
+                return
+            except OutOfResources:
+                smaller = smaller_tiles(config, self.block)
+                if smaller is None:
+                    raise
+                config = _SMALLER_TILES[key] = smaller
 
     def compile_constexprs(self) -> dict[str, Any]:
         return {**self.constexprs, "BLOCK_M": self.config.block_m, "BLOCK_N": self.config.block_n}
+
+
+# Tiles that replaced a default on this Triton (see Launch.run).
+_SMALLER_TILES: dict[tuple[Any, ...], TileConfig] = {}
+
+
+def smaller_tiles(config: TileConfig, resident: str = "block_m") -> TileConfig | None:
+    """The next smaller tiles: one pipeline stage, then half the streamed side (the one that is
+    not `resident`) down to 16, then half the resident side (with at most 4 warps)."""
+    if config.num_stages > 1:
+        return dataclasses.replace(config, num_stages=1)
+    streamed = "block_n" if resident == "block_m" else "block_m"
+    if getattr(config, streamed) > 16:
+        return dataclasses.replace(config, **{streamed: getattr(config, streamed) // 2})
+    if getattr(config, resident) > 16:
+        return dataclasses.replace(
+            config, **{resident: getattr(config, resident) // 2}, num_warps=min(config.num_warps, 4)
+        )
+    return None
 
 
 def _flags(settings: LossSettings, ops: Operands) -> dict[str, Any]:
@@ -398,7 +446,7 @@ def forward_launch(ops: Operands, stats: Tensor, settings: LossSettings, plan: K
         **_scalars(settings),
     }  # fmt: skip
     constexprs = {**_flags(settings, ops), **_plan_constexprs(plan)}
-    return Launch("fwd", _fwd_kernel, (triton.cdiv(nq, plan.fwd.block_m),), args, constexprs, plan.fwd)
+    return Launch("fwd", _fwd_kernel, nq, "block_m", 1, args, constexprs, plan.fwd)
 
 
 @dataclass
@@ -446,9 +494,9 @@ def backward_launches(
     dq_out = plan.dq.out_d or plan.block_d
     dk_out = plan.dk.out_d or plan.block_d
     return [
-        Launch("bwd_dq", _bwd_dq_kernel, (triton.cdiv(nq, plan.dq.block_m), plan.stride // dq_out), dq_args,
+        Launch("bwd_dq", _bwd_dq_kernel, nq, "block_m", plan.stride // dq_out, dq_args,
                {**constexprs, "OUT_D": dq_out}, plan.dq),
-        Launch("bwd_dk", _bwd_dk_kernel, (triton.cdiv(nk, plan.dk.block_n), plan.stride // dk_out), dk_args,
+        Launch("bwd_dk", _bwd_dk_kernel, nk, "block_n", plan.stride // dk_out, dk_args,
                {**constexprs, "OUT_D": dk_out}, plan.dk),
     ]  # fmt: skip
 
