@@ -23,6 +23,7 @@ from ._checks import (
     check_labels,
     check_non_negative,
     check_unit_open,
+    compute_dtype,
     is_real,
     thresholds_per_row,
 )
@@ -385,7 +386,10 @@ class AdaptiveInfoNCE(nn.Module):
         backend: str,
     ) -> Tensor:
         gather = world > 1
-        layout = candidate_layout(embed(z1, self.similarity), embed(z2, self.similarity), gather, labels, counts)
+        half = backend == "triton"  # 16-bit rows reach the 16-bit kernels; the reference computes in float32
+        layout = candidate_layout(
+            embed(z1, self.similarity, half), embed(z2, self.similarity, half), gather, labels, counts
+        )
         columns = layout.columns.detach()
         batch_k_stat = self._units(
             candidate_similarity_quantile(columns, self.quantile, self.max_pairs, self.sample_step)
@@ -421,7 +425,9 @@ class AdaptiveInfoNCE(nn.Module):
         thresholds = None
         if settings.uses_threshold and k is not None:
             in_similarity = k * settings.temperature if self.threshold_units == "logit" else k
-            thresholds = thresholds_per_row(in_similarity, z1.shape[0], layout.rows, check_nan=k is not k_learn)
+            # Thresholds in float32 (float64 for float64 rows) even when the rows are 16-bit.
+            like = layout.rows.new_empty(0, dtype=compute_dtype(layout.rows.dtype))
+            thresholds = thresholds_per_row(in_similarity, z1.shape[0], like, check_nan=k is not k_learn)
             if settings.mask == "hard":
                 thresholds = thresholds.detach()
         rows, counts = scored_rows(layout, thresholds, settings, backend)

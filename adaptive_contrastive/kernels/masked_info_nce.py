@@ -62,6 +62,7 @@ import torch
 import triton
 from torch import Tensor
 
+from .._checks import is_compiling
 from ..reference import LossSettings, label_centre, label_terms, row_loss
 from ._kernels import _bwd_dk_kernel, _bwd_dq_kernel, _fwd_kernel
 
@@ -653,6 +654,10 @@ class MaskedInfoNCETriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_rows: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: this backward is not differentiable
+            from .op import second_order_error
+
+            raise second_order_error()
         call: FusedCall = ctx.call
         g = grad_rows.to(torch.float32).contiguous()  # a mean's gradient arrives expanded (stride 0)
         launches, grad_q, grad_k, grad_thr = call.backward(g)
@@ -719,8 +724,22 @@ def triton_masked_info_nce_rows(
     thr = None
     if settings.uses_threshold and thresholds is not None:
         thr = thresholds if thresholds.dtype == torch.float32 else thresholds.to(torch.float32)
-    rows_loss, fn_count = MaskedInfoNCETriton.apply(q, k, thr, partner, self_index, settings, row_labels, column_labels)
+    if not is_compiling() and _inside_torch_func(q, k, thr):
+        raise RuntimeError(
+            'backend="triton" does not run under torch.func transforms (grad, vjp, vmap, ...): its kernels take '
+            'plain tensors; use backend="reference", which supports torch.func.grad'
+        )
+    from . import op  # the custom operators (torch >= 2.4), or this module's Function on older torch
+
+    rows_loss, fn_count = op.masked_info_nce(q, k, thr, partner, self_index, settings, row_labels, column_labels)
     return rows_loss.to(out_dtype), fn_count.to(out_dtype)
+
+
+def _inside_torch_func(*tensors: Tensor | None) -> bool:
+    """Whether torch.func wrapped these tensors (they are being transformed by grad, vmap, ...)."""
+    functorch = getattr(torch._C, "_functorch", None)
+    wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and any(t is not None and wrapped(t) for t in tensors)
 
 
 def _check_inputs(
