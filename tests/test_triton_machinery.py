@@ -104,3 +104,28 @@ def test_torch_func_is_a_clear_error() -> None:
     z1, z2 = (t.detach() for t in views())
     with pytest.raises(RuntimeError, match='torch.func transforms.*backend="reference"'):
         torch.func.grad(lambda a: adaptive_info_nce(a, z2, 0.2, backend="triton"))(z1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_module_sends_half_rows_to_the_16_bit_kernels(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module keeps 16-bit rows 16-bit for the Triton backend (and its thresholds float32): the
+    kernels receive the input dtype, and the loss matches the reference backend's float32 computation
+    within the 16-bit rounding of the normalised rows."""
+    seen: list[torch.dtype] = []
+    original = op.masked_info_nce
+
+    def spy(q: torch.Tensor, k: torch.Tensor, thresholds: torch.Tensor | None, *args: object) -> object:
+        seen.append(q.dtype)
+        assert thresholds is None or thresholds.dtype == torch.float32
+        return original(q, k, thresholds, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(op, "masked_info_nce", spy)
+    z1, z2 = (t.detach().to(dtype) for t in views())
+    losses = {}
+    for backend in ("triton", "reference"):
+        torch.manual_seed(0)
+        loss_fn = AdaptiveInfoNCE(dim=D, backend=backend, temperature=0.3, warmup_epochs=0).to(DEVICE)
+        losses[backend] = loss_fn(z1, z2)
+    assert seen == [dtype]
+    assert losses["triton"].dtype == torch.float32
+    torch.testing.assert_close(losses["triton"], losses["reference"], atol=2e-2, rtol=2e-2)
