@@ -40,15 +40,15 @@ def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(dataset: str, data_path: str | None, n_users: int) -> datasets.SequenceData:
+def _load(dataset: str, data_path: str | None, synthetic: tuple[tuple[str, object], ...]) -> datasets.SequenceData:
     """Two runs on the same data read and filter it once."""
-    return datasets.load_dataset(dataset, data_path, n_users=n_users)
+    return datasets.load_dataset(dataset, data_path, **dict(synthetic))
 
 
 def run_ranks(run: Path, split: str, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:
     """The run's configuration and the full-ranking 0-based ranks of its best checkpoint on `split`."""
     config = json.loads((run / "results.json").read_text())["config"]
-    data = _load(config["dataset"], config["data_path"], config["synthetic_users"])
+    data = _load(config["dataset"], config["data_path"], tuple(datasets.synthetic_options(config).items()))
     samples = datasets.eval_samples(data, split, config["max_len"])
     eval_set = EvalSet(samples, negatives={})  # full ranking only
     model = DuoRec(data.n_items, max_len=config["max_len"]).to(device)
