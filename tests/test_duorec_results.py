@@ -152,10 +152,19 @@ def test_every_figure_is_titled_with_the_run(tmp_path: Path, monkeypatch: pytest
     assert titles and set(titles.values()) == {"beauty · adaptive · us_x"}, titles
 
 
-@pytest.mark.parametrize("dataset", ["beauty", "ml-1m"])
-def test_reproduce_scripts_run_valid_command_lines(dataset: str, tmp_path: Path) -> None:
-    """Every command of the committed reproduce.sh parses with the example's own argument parsers
+REPRODUCE_SCRIPTS = sorted(RESULTS.glob("*/reproduce*.sh"))
+
+
+def test_every_dataset_has_a_reproduce_script() -> None:
+    names = {f"{script.parent.name}/{script.name}" for script in REPRODUCE_SCRIPTS}
+    assert {"beauty/reproduce.sh", "beauty/reproduce_like.sh", "ml-1m/reproduce.sh"} <= names
+
+
+@pytest.mark.parametrize("script", REPRODUCE_SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_reproduce_scripts_run_valid_command_lines(script: Path, tmp_path: Path) -> None:
+    """Every command of each committed reproduce*.sh parses with the example's own argument parsers
     (python is replaced by a stub that records its arguments, so nothing trains)."""
+    dataset = script.parent.name
     import os
     import shlex
     import shutil
@@ -164,7 +173,6 @@ def test_reproduce_scripts_run_valid_command_lines(dataset: str, tmp_path: Path)
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("no bash")
-    script = RESULTS / dataset / "reproduce.sh"
     stub = tmp_path / "bin" / "python"
     stub.parent.mkdir()
     log = tmp_path / "calls.txt"

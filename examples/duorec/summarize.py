@@ -27,6 +27,16 @@ NOT_CONFIGURATION = {
     "seed", "out", "resume", "quiet", "threads", "device", "data_path", "download", "stats_only",
 }  # fmt: skip
 LOSS_ORDER = {"none": 0, "duorec": 1, "adaptive": 2}
+# Settings added to train.py after some runs were recorded: a run without the key had this value.
+LATER_DEFAULTS: dict[str, Any] = {
+    "known_positives": "none",
+    "recipe": "default",
+    "threshold_input": "view",
+    "lr_schedule": "constant",
+    "drop_last": False,
+    "early_stop_metric": "NDCG@10",
+    "time_budget": None,
+}
 # Full-ranking test NDCG@10 published for these datasets (the papers report no MRR).
 PUBLISHED: dict[str, list[tuple[str, dict[str, float]]]] = {
     "beauty": [
@@ -71,23 +81,36 @@ def load_runs(folders: list[Path]) -> list[dict[str, Any]]:
 def configuration(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """What a run measures: its settings without the seed and bookkeeping, and without the settings
     its loss ignores (the ThresholdNet's for DuoRec, all contrastive ones for SASRec)."""
+    config = {**LATER_DEFAULTS, **config}
     ignored = set(NOT_CONFIGURATION)
+    if config["dataset"] != "synthetic":  # the generator's knobs
+        ignored |= {name for name in config if name.startswith("synthetic_")}
     if config["loss"] != "adaptive":
-        ignored |= {"false_negatives", "mask", "threshold_arch", "warmup_epochs"}
+        ignored |= {"mask", "threshold_arch", "threshold_input", "warmup_epochs"}
+        if config["known_positives"] == "none":
+            ignored.add("false_negatives")
     if config["loss"] == "none":
-        ignored |= {"contrast", "similarity", "temperature", "lmd"}
+        ignored |= {"contrast", "similarity", "temperature", "lmd", "known_positives", "false_negatives"}
     return tuple(sorted((k, v) for k, v in config.items() if k not in ignored))
 
 
 def label(config: dict[str, Any]) -> str:
     """A row name that says what differs: the model, then the loss settings, then the budget."""
+    config = {**LATER_DEFAULTS, **config}
+    extra = []  # settings away from the defaults the rows above were run with
+    if config["loss"] != "none" and config["temperature"] != 1.0:
+        extra.append(f"τ {config['temperature']:g}")
+    if config["loss"] != "none" and config["known_positives"] != "none":
+        extra.append(f"{config['known_positives']} positives {config['false_negatives']}")
     if config["loss"] == "none":
         name = "SASRec"
     elif config["loss"] == "duorec":
-        name = f"DuoRec ({config['contrast']}, {config['similarity']})"
+        name = f"DuoRec ({', '.join([config['contrast'], config['similarity'], *extra])})"
     else:
-        parts = [config["false_negatives"], config["mask"], config["threshold_arch"], config["similarity"]]
+        parts = [config["false_negatives"], config["mask"], config["threshold_arch"], config["similarity"], *extra]
         name = f"AdaptiveRec ({config['contrast']}, {', '.join(parts)})"
+    if config["recipe"] != "default":
+        name += f", {config['recipe']} recipe"
     return f"{name}, ≤{config['epochs']} epochs"
 
 

@@ -40,6 +40,7 @@ from adaptive_contrastive import AdaptiveInfoNCE, ThresholdNet  # noqa: E402
 import data as datasets  # noqa: E402
 import diagnostics  # noqa: E402
 import plots  # noqa: E402
+import recipes  # noqa: E402
 from evaluate import EvalSet, evaluate, make_eval_set, metrics_table  # noqa: E402
 from model import DuoRec  # noqa: E402
 from views import CONTRASTS, SameTargetSampler  # noqa: E402
@@ -49,7 +50,10 @@ FALSE_NEGATIVES = ("attract", "drop", "relabel")
 KNOWN_POSITIVES = ("none", "same-target", "intent")
 DEFAULT_EPOCHS = {"synthetic": 20, "ml-1m": 300, "beauty": 300}
 # Arguments that may change between a run and its --resume.
-RESUMABLE = {"resume", "epochs", "patience", "device", "out", "threads", "quiet", "stats_only", "download", "data_path"}
+RESUMABLE = {
+    "resume", "epochs", "patience", "device", "out", "threads", "quiet", "stats_only", "download", "data_path",
+    "time_budget",
+}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -59,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line of the issue, plus a few extras (``--lr``, ``--max-len``, ``--max-steps``, ...)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=datasets.DATASETS, default="synthetic")
+    p.add_argument(
+        "--recipe",
+        choices=recipes.RECIPES,
+        default="default",
+        help="a whole configuration: authors = the AdaptiveRec authors' released code, duorec = DuoRec's code; "
+        "flags given on the command line override it",
+    )
     p.add_argument(
         "--data-path",
         default=None,
@@ -88,9 +99,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask", choices=("hard", "soft"), default="hard")
     p.add_argument(
         "--threshold-arch",
-        choices=("set", "flat"),
+        choices=("set", "flat", "authors"),
         default="set",
-        help="ThresholdNet architecture (flat: drop_last batches)",
+        help="ThresholdNet architecture (flat, authors: drop_last batches)",
+    )
+    p.add_argument(
+        "--threshold-input",
+        choices=("view", "next-item"),
+        default="view",
+        help="what the ThresholdNet reads: the first contrastive view, or the next-item representation (authors)",
     )
     p.add_argument(
         "--similarity", choices=("dot", "cos"), default=None, help="default: dot for duorec, cos for adaptive"
@@ -109,6 +126,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stats-only", action="store_true", help="print the filtered dataset's statistics as JSON and exit")
     # extras
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="cosine: timm's CosineLRScheduler as the authors set it (5 warm-up epochs from lr/10, cosine to lr/10 "
+        "over --epochs)",
+    )
+    p.add_argument("--drop-last", action="store_true", help="drop the incomplete last batch of every epoch")
+    p.add_argument(
+        "--early-stop-metric",
+        default="NDCG@10",
+        choices=[f"{m}@{k}" for m in ("NDCG", "MRR", "Recall") for k in (5, 10, 20)],
+        help="validation metric that picks the best epoch and drives --patience",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds of wall time (from the start, data loading included) after which training stops and the best "
+        "checkpoint is evaluated",
+    )
     p.add_argument("--max-len", type=int, default=datasets.MAX_LEN)
     p.add_argument(
         "--warmup-epochs",
@@ -123,9 +161,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke tests, timing)"
     )
     p.add_argument("--synthetic-users", type=int, default=1000)
+    synthetic = p.add_argument_group("synthetic data (the regime study's knobs; defaults = the default data)")
+    synthetic.add_argument(
+        "--synthetic-intents", type=int, default=16, help="latent intents (more: rarer false negatives)"
+    )
+    synthetic.add_argument("--synthetic-items-per-intent", type=int, default=40)
+    synthetic.add_argument("--synthetic-min-len", type=int, default=5, help="shortest generated sequence")
+    synthetic.add_argument("--synthetic-max-len", type=int, default=15, help="longest generated sequence")
+    synthetic.add_argument("--synthetic-noise", type=float, default=0.05, help="chance of a random catalogue item")
+    synthetic.add_argument("--synthetic-core", type=int, default=datasets.CORE, help="k of the k-core filter")
+    synthetic.add_argument("--synthetic-shared-items", type=int, default=0, help="items common to every intent")
+    synthetic.add_argument("--synthetic-shared-rate", type=float, default=0.0, help="chance of a shared item per step")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    recipes.apply(args, recipes.explicit_arguments(p, argv))
     if args.similarity is None:
         args.similarity = "dot" if args.loss == "duorec" else "cos"
     if args.false_negatives is None:
@@ -172,7 +222,7 @@ def build_loss(args: argparse.Namespace, dim: int) -> AdaptiveInfoNCE | None:
         dim,
         arch=args.threshold_arch,
         similarity=args.similarity,
-        batch_size=args.batch_size if args.threshold_arch == "flat" else None,
+        batch_size=args.batch_size if args.threshold_arch in ("flat", "authors") else None,
     )
     return AdaptiveInfoNCE(
         threshold=net,
@@ -181,6 +231,7 @@ def build_loss(args: argparse.Namespace, dim: int) -> AdaptiveInfoNCE | None:
         false_negatives=args.false_negatives,
         mask=args.mask,
         warmup_epochs=args.warmup_epochs,
+        **recipes.adaptive_loss_options(args),
     )
 
 
@@ -233,6 +284,9 @@ class Trainer:
         self.best_score = -1.0
         self.bad_epochs = 0
         self.stopped = False
+        # --time-budget: a perf_counter deadline (set by `main`), and whether training stopped at it.
+        self.deadline: float | None = None
+        self.out_of_time = False
         self.probe_rows, self.probe_partners = self._probe_rows()
 
     # -------------------------------------------------------------------------------- batches
@@ -244,7 +298,7 @@ class Trainer:
         order = torch.randperm(len(self.train_set), generator=generator).numpy()
         size = self.args.batch_size
         batches = [order[i : i + size] for i in range(0, len(order), size)]
-        fixed_size = self.loss_fn is not None and self.args.threshold_arch == "flat"
+        fixed_size = self.args.drop_last or (self.args.loss == "adaptive" and self.args.threshold_arch != "set")
         if batches and (len(batches[-1]) < 2 or (fixed_size and len(batches[-1]) < size)):
             batches.pop()  # the loss needs B >= 2; the flat ThresholdNet needs exactly B rows
         if not batches:
@@ -304,6 +358,10 @@ class Trainer:
             self.loss_fn.train()
         generator = torch.Generator().manual_seed(args.seed * 100_003 + self.epoch)
         meter = diagnostics.EpochMeter()
+        lr = recipes.learning_rate(args, self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        meter.add(lr=lr)
         bar = tqdm(
             self._epoch_batches(generator),
             desc=f"epoch {self.epoch + 1}",
@@ -320,7 +378,8 @@ class Trainer:
             if self.loss_fn is not None:
                 assert z1 is not None and z2 is not None
                 known = self.known_positive_labels(rows)
-                cl = self.loss_fn(z1, z2, labels=known)
+                g_input = h if args.threshold_input == "next-item" else None  # what the ThresholdNet reads
+                cl = self.loss_fn(z1, z2, labels=known, threshold_input=g_input)
                 loss = ce + args.lmd * cl
                 self._record(meter, z1, z2, self._labels(rows, partners), cl, known)
             self.optimizer.zero_grad(set_to_none=True)
@@ -328,6 +387,9 @@ class Trainer:
             self.optimizer.step()
             meter.add(loss=float(loss.detach()), ce=float(ce.detach()))
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                self.out_of_time = True  # --time-budget: this (partial) epoch is validated, then training stops
+                break
         if self.loss_fn is not None:
             self.loss_fn.end_epoch()
         return meter.summary()
@@ -391,7 +453,12 @@ class Trainer:
     # -------------------------------------------------------------------------------- loop
     def fit(self) -> None:
         args = self.args
-        while self.epoch < args.epochs and not self.stopped:
+        while self.epoch < args.epochs and not self.stopped and not self.out_of_time:
+            if self.deadline is not None and self.history:
+                last = self.history[-1]
+                if time.perf_counter() + last["train_time_s"] + last["eval_time_s"] > self.deadline:
+                    self.out_of_time = True  # another epoch would not fit in --time-budget
+                    break
             start = time.perf_counter()
             train = self.train_epoch()
             train_time = time.perf_counter() - start
@@ -400,7 +467,7 @@ class Trainer:
             start = time.perf_counter()
             valid = evaluate(self.model, self.data.items, self.valid_set, self.device, bucket_edges=self.bucket_edges)
             eval_time = time.perf_counter() - start
-            score = valid["NDCG@10"]
+            score = valid[args.early_stop_metric]
             improved = score > self.best_score
             if improved:
                 self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
@@ -421,6 +488,7 @@ class Trainer:
                     "probe": probe,
                     "valid": valid,
                 }
+                | ({"partial": True} if self.out_of_time else {})  # cut short by --time-budget
             )
             self.save_checkpoint()
             self.write_results()
@@ -522,17 +590,20 @@ class Trainer:
         pngs = plots.plot_all(
             self.history, self.out, title=f"{self.args.dataset} · {self.args.loss} · {self.args.contrast}"
         )
-        status = "early stopped" if self.stopped else "finished"
+        status = "early stopped" if self.stopped else "time budget" if self.out_of_time else "finished"
         return self.write_results({"status": status, "valid": valid, "test": test, "plots": [p.name for p in pngs]})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the command line; returns what was printed as JSON (stats) or written to results.json."""
+    start_time = time.perf_counter()
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        data = datasets.load_dataset(args.dataset, args.data_path, fetch=args.download, n_users=args.synthetic_users)
+        data = datasets.load_dataset(
+            args.dataset, args.data_path, fetch=args.download, **datasets.synthetic_options(vars(args))
+        )
     except (FileNotFoundError, RuntimeError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     if args.stats_only:
@@ -540,6 +611,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(stats))
         return stats
     trainer = Trainer(args, data)
+    if args.time_budget is not None:
+        trainer.deadline = start_time + args.time_budget
     if args.resume:
         trainer.resume()
     tqdm.write(
