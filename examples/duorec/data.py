@@ -426,6 +426,7 @@ def make_synthetic(
     core: int = CORE,
     shared_items: int = 0,
     shared_rate: float = 0.0,
+    markov: float = 1.0,
 ) -> SequenceData:
     """Sequences driven by latent user intents, so that in-batch false negatives really exist.
 
@@ -439,7 +440,9 @@ def make_synthetic(
     k-core filter (lower keeps cold items); `shared_items` > 0 adds a pool of items common to every
     intent, visited at each step with probability `shared_rate` (Zipf-popular within the pool), after
     which the walk resumes at the intent's last item: the item after a shared one then depends on the
-    user's intent, which only the history before it reveals.
+    user's intent, which only the history before it reveals; `markov` < 1 makes a step follow the chain
+    only with that probability and otherwise draw the next item from the intent's (Zipf) popularity, so
+    that the next item depends on the intent more than on the last item.
     """
     rng = np.random.default_rng(seed)
     n_items = n_intents * items_per_intent
@@ -470,7 +473,10 @@ def make_synthetic(
             if shared_items and rng.random() < shared_rate:
                 walk.append(n_items + int(rng.choice(shared_items, p=shared_popularity)))
                 continue
-            local = int(rng.choice(items_per_intent, p=chains[intent][local]))
+            if markov < 1.0 and rng.random() >= markov:
+                local = int(rng.choice(items_per_intent, p=popularity))
+            else:
+                local = int(rng.choice(items_per_intent, p=chains[intent][local]))
             walk.append(base + local)
         sequences[str(user)] = [str(item + 1) for item in walk]
         intents[str(user)] = intent
@@ -489,6 +495,7 @@ SYNTHETIC_OPTIONS = {
     "core": ("core", CORE),
     "shared_items": ("shared_items", 0),
     "shared_rate": ("shared_rate", 0.0),
+    "markov": ("markov", 1.0),
 }
 
 

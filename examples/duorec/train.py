@@ -52,7 +52,7 @@ DEFAULT_EPOCHS = {"synthetic": 20, "ml-1m": 300, "beauty": 300}
 # Arguments that may change between a run and its --resume.
 RESUMABLE = {
     "resume", "epochs", "patience", "device", "out", "threads", "quiet", "stats_only", "download", "data_path",
-    "time_budget",
+    "time_budget", "no_plots",
 }  # fmt: skip
 
 
@@ -172,8 +172,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     synthetic.add_argument("--synthetic-core", type=int, default=datasets.CORE, help="k of the k-core filter")
     synthetic.add_argument("--synthetic-shared-items", type=int, default=0, help="items common to every intent")
     synthetic.add_argument("--synthetic-shared-rate", type=float, default=0.0, help="chance of a shared item per step")
+    synthetic.add_argument(
+        "--synthetic-markov", type=float, default=1.0, help="chance that a step follows the chain (else: popularity)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG figures (many short runs)")
     args = p.parse_args(argv)
     recipes.apply(args, recipes.explicit_arguments(p, argv))
     if args.similarity is None:
@@ -587,9 +591,8 @@ class Trainer:
         kwargs = {"bucket_edges": self.bucket_edges}
         valid = evaluate(self.model, self.data.items, self.valid_set, self.device, **kwargs)
         test = evaluate(self.model, self.data.items, self.test_set, self.device, **kwargs)
-        pngs = plots.plot_all(
-            self.history, self.out, title=f"{self.args.dataset} · {self.args.loss} · {self.args.contrast}"
-        )
+        title = f"{self.args.dataset} · {self.args.loss} · {self.args.contrast}"
+        pngs = [] if self.args.no_plots else plots.plot_all(self.history, self.out, title=title)
         status = "early stopped" if self.stopped else "time budget" if self.out_of_time else "finished"
         return self.write_results({"status": status, "valid": valid, "test": test, "plots": [p.name for p in pngs]})
 
