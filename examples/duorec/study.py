@@ -41,16 +41,22 @@ import compare  # noqa: E402
 
 RESULTS = HERE / "results" / "synthetic_study"
 
-# The generator's design, shared by both regimes (see the README's "Regime study" for how it was chosen).
-DATA = ["--synthetic-users", "1000"]
-# Two false-negative rates: with n intents about 1/n of the in-batch candidates share the row's intent.
+# The generator's design, shared by both regimes (the README's "Regime study" says how it was chosen): short
+# sequences (5-10 items) of 1000 users over about 600 items kept by a 3-core filter, half the steps following the
+# intent's Markov chain and half drawn from the intent's popularity, so that the next item depends on the intent
+# and not only on the last item.
+DATA = [
+    "--synthetic-users", "1000", "--synthetic-max-len", "10", "--synthetic-core", "3", "--synthetic-markov", "0.5",
+]  # fmt: skip
+# Two false-negative rates at the same catalogue size (640 items before filtering): with n intents about 1/n of
+# the in-batch candidates share the row's intent.
 REGIMES: dict[str, list[str]] = {
-    "4-intents": ["--synthetic-intents", "4"],
-    "32-intents": ["--synthetic-intents", "32"],
+    "4-intents": ["--synthetic-intents", "4", "--synthetic-items-per-intent", "160"],
+    "32-intents": ["--synthetic-intents", "32", "--synthetic-items-per-intent", "20"],
 }
 TAUS = (0.1, 0.2, 0.5, 1.0)
 SEEDS = (0, 1, 2)
-# Every run: cosine similarity, DuoRec's us_x views, the training budget.
+# Every run: cosine similarity, DuoRec's us_x views, the training budget (early stopping on validation NDCG@10).
 COMMON = ["--similarity", "cos", "--contrast", "us_x", "--epochs", "20", "--patience", "5"]
 METHODS: dict[str, list[str]] = {
     "sasrec": ["--loss", "none"],
