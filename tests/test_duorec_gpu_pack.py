@@ -19,6 +19,12 @@ for module in ("tqdm", "matplotlib"):
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "duorec" / "results" / "beauty" / "run_gpu.sh"
 RUNS = {"sasrec", "duorec-cos", "adaptive", "duorec-same-target", "authors"}
+PAIRS = [
+    ("adaptive", "duorec-cos"),
+    ("duorec-same-target", "duorec-cos"),
+    ("authors", "duorec-cos"),
+    ("duorec-cos", "sasrec"),
+]
 
 
 def test_gpu_pack_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
@@ -52,3 +58,7 @@ def test_gpu_pack_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     table = (tmp_path / "out" / "table.md").read_text()
     assert table.count("\n| ") >= len(RUNS) and "authors recipe" in table and "same-target positives" in table
     assert "0 failed" in done.stdout
+    gaps = {path.name for path in (tmp_path / "out" / "gaps").glob("*.json")}
+    assert "== authors vs duorec-cos" in done.stdout and "NDCG@10: a " in done.stdout
+    assert gaps == {f"{a}-vs-{b}.json" for a, b in PAIRS}
+    assert not list((tmp_path / "out").rglob("last.pt"))  # --no-checkpoints: only model-only best.pt files

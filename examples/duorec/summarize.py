@@ -25,6 +25,7 @@ METRICS = ("NDCG@5", "NDCG@10", "MRR@5", "MRR@10", "Recall@5", "Recall@10")
 # bookkeeping. Everything else (including the epoch budget) splits rows.
 NOT_CONFIGURATION = {
     "seed", "out", "resume", "quiet", "threads", "device", "data_path", "download", "stats_only", "no_plots",
+    "no_checkpoints",
 }  # fmt: skip
 LOSS_ORDER = {"none": 0, "duorec": 1, "adaptive": 2}
 # Settings added to train.py after some runs were recorded: a run without the key had this value.

@@ -52,7 +52,7 @@ DEFAULT_EPOCHS = {"synthetic": 20, "ml-1m": 300, "beauty": 300}
 # Arguments that may change between a run and its --resume.
 RESUMABLE = {
     "resume", "epochs", "patience", "device", "out", "threads", "quiet", "stats_only", "download", "data_path",
-    "time_budget", "no_plots",
+    "time_budget", "no_plots", "no_checkpoints",
 }  # fmt: skip
 
 
@@ -178,6 +178,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="write no PNG figures (many short runs)")
+    p.add_argument(
+        "--no-checkpoints",
+        action="store_true",
+        help="no last.pt (so no --resume) and a model-only best.pt: for a large loss state (the authors' g: 2 GB)",
+    )
     args = p.parse_args(argv)
     recipes.apply(args, recipes.explicit_arguments(p, argv))
     if args.similarity is None:
@@ -475,8 +480,9 @@ class Trainer:
             improved = score > self.best_score
             if improved:
                 self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+                loss_state = None if args.no_checkpoints else self._loss_state()
                 atomic_save(
-                    {"model": self.model.state_dict(), "loss_fn": self._loss_state(), "epoch": self.epoch},
+                    {"model": self.model.state_dict(), "loss_fn": loss_state, "epoch": self.epoch},
                     self.out / "best.pt",
                 )
             else:
@@ -494,7 +500,8 @@ class Trainer:
                 }
                 | ({"partial": True} if self.out_of_time else {})  # cut short by --time-budget
             )
-            self.save_checkpoint()
+            if not args.no_checkpoints:
+                self.save_checkpoint()
             self.write_results()
             self._log(train, valid, train_time, improved)
 

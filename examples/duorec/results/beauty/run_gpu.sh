@@ -7,16 +7,19 @@
 # at tau = 0.2 (as in reproduce_like.sh); DuoRec with its same-target pairs known; and the AdaptiveRec authors'
 # recipe (--recipe authors: their g, batch 1024, cosine lr, tau = 1). Each stops on its own early stopping
 # (patience 10 on validation NDCG@10) or when --time-budget runs out, evaluates its best checkpoint and writes
-# $OUT/<name>/results.json (log: $OUT/<name>.log); then the table is printed and written to $OUT/table.md.
+# $OUT/<name>/results.json (log: $OUT/<name>.log); then the paired bootstraps over test users against DuoRec
+# ($OUT/gaps/) and the table ($OUT/table.md) are printed. Runs keep no last.pt and a model-only best.pt
+# (--no-checkpoints): the authors' g alone is 2 GB, and writing it with its Adam state every epoch would cost
+# more time than the epoch.
 #
 # Environment: OUT (required), BEAUTY (the data file; default ../shared/data/beauty/Beauty.txt, else
-# shared/data/beauty/Beauty.txt), BUDGET (seconds per run, start-up and data loading included; default 390,
-# which leaves about 90 s of the 8 minutes for the final evaluations and the table), DEVICE (default cuda),
+# shared/data/beauty/Beauty.txt), BUDGET (seconds per run, start-up and data loading included; default 360,
+# which leaves about 2 minutes of the 8 for the final evaluations, the bootstraps and the table), DEVICE (default cuda),
 # THREADS (CPU threads per run; default 3), DATA_ARGS (replaces the dataset flags, e.g. for a smoke test on
 # --dataset synthetic), EXTRA (flags appended to every run, e.g. --max-steps 2 --epochs 2 --batch-size 32).
 set -euo pipefail
 OUT=${OUT:?set OUT to the output folder}
-BUDGET=${BUDGET:-390}
+BUDGET=${BUDGET:-360}
 DEVICE=${DEVICE:-cuda}
 THREADS=${THREADS:-3}
 if [ -z "${DATA_ARGS:-}" ]; then
@@ -35,7 +38,7 @@ start=$(date +%s)
 run() {
   local name=$1; shift
   python examples/duorec/train.py $DATA_ARGS --device "$DEVICE" --threads "$THREADS" --quiet --no-plots \
-    --time-budget "$BUDGET" --out "$OUT/$name" "$@" ${EXTRA:-} > "$OUT/$name.log" 2>&1
+    --no-checkpoints --time-budget "$BUDGET" --out "$OUT/$name" "$@" ${EXTRA:-} > "$OUT/$name.log" 2>&1
 }
 C="--contrast us_x --similarity cos --temperature 0.2 --epochs 300 --patience 10"
 pids=()
@@ -48,6 +51,19 @@ failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
 echo "all runs ended after $(( $(date +%s) - start )) s; $failed failed"
 for log in "$OUT"/*.log; do echo "== $log"; tail -n 4 "$log"; done
+# Paired bootstraps over test users (a vs b), the four at once.
+gap() {
+  python examples/duorec/compare.py "$OUT/$1" "$OUT/$2" --device "$DEVICE" --json "$OUT/gaps/$1-vs-$2.json" \
+    > "$OUT/gaps/$1-vs-$2.txt" 2>&1
+}
+if [ "$failed" = 0 ]; then
+  mkdir -p "$OUT/gaps"
+  pairs=("adaptive duorec-cos" "duorec-same-target duorec-cos" "authors duorec-cos" "duorec-cos sasrec")
+  pids=()
+  for pair in "${pairs[@]}"; do set -- $pair; gap "$1" "$2" & pids+=($!); done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+  for pair in "${pairs[@]}"; do set -- $pair; echo "== $1 vs $2"; cat "$OUT/gaps/$1-vs-$2.txt"; done
+fi
 python examples/duorec/summarize.py "$OUT" --metrics NDCG@10 MRR@10 Recall@10 NDCG@20 | tee "$OUT/table.md"
 python - "$OUT" <<'PY'
 import json, pathlib, sys
