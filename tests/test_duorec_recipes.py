@@ -155,6 +155,8 @@ def test_recipes_fill_in_what_the_command_line_leaves_out() -> None:
     assert train.parse_args(["--recipe", "authors", "--batch-size", "64", "--epochs", "7"]).batch_size == 64
     baseline = train.parse_args(["--recipe", "authors", "--loss", "duorec"])
     assert baseline.similarity == "cos" and baseline.batch_size == 1024  # their DuoRec: the same set-up
+    known = train.parse_args(["--recipe", "authors", "--loss", "duorec", "--known-positives", "same-target"])
+    assert known.false_negatives == "drop"  # relabel is AdaptiveRec's mode, not the recipe's DuoRec
     duorec = train.parse_args(["--recipe", "duorec"])
     assert (duorec.loss, duorec.similarity, duorec.epochs, duorec.early_stop_metric) == ("duorec", "dot", 50, "MRR@10")
     assert duorec.lr_schedule == "constant" and duorec.batch_size == 256

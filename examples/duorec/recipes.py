@@ -86,6 +86,9 @@ def apply(args: argparse.Namespace, explicit: set[str]) -> None:
     for name, value in SETTINGS[args.recipe].items():
         if name not in explicit:
             setattr(args, name, value)
+    if args.recipe == "authors" and args.loss != "adaptive" and "false_negatives" not in explicit:
+        # Their mode is AdaptiveRec's; DuoRec given known positives keeps the trainer's default (drop).
+        args.false_negatives = None
 
 
 def adaptive_loss_options(args: argparse.Namespace) -> dict[str, Any]:
