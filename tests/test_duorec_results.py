@@ -185,12 +185,24 @@ def recorded_calls(script: Path, tmp_path: Path) -> list[list[str]]:
     return [line.rstrip("\t").split("\t") for line in log.read_text().splitlines()]
 
 
-@pytest.mark.parametrize(
-    ("dataset", "name"), [("beauty", "reproduce.sh"), ("ml-1m", "reproduce.sh"), ("beauty", "reproduce_cl4srec.sh")]
-)
-def test_reproduce_scripts_run_valid_command_lines(dataset: str, name: str, tmp_path: Path) -> None:
-    """Every command of the committed reproduce scripts parses with the example's own argument parsers."""
-    calls = recorded_calls(RESULTS / dataset / name, tmp_path)
+REPRODUCE_SCRIPTS = sorted(RESULTS.glob("*/reproduce*.sh"))
+
+
+def test_every_dataset_has_a_reproduce_script() -> None:
+    names = {f"{script.parent.name}/{script.name}" for script in REPRODUCE_SCRIPTS}
+    assert {
+        "beauty/reproduce.sh",
+        "beauty/reproduce_like.sh",
+        "beauty/reproduce_cl4srec.sh",
+        "ml-1m/reproduce.sh",
+    } <= names
+
+
+@pytest.mark.parametrize("script", REPRODUCE_SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_reproduce_scripts_run_valid_command_lines(script: Path, tmp_path: Path) -> None:
+    """Every command of each committed reproduce*.sh parses with the example's own argument parsers."""
+    dataset = script.parent.name
+    calls = recorded_calls(script, tmp_path)
     scripts = {Path(call[0]).name for call in calls}
     assert "train.py" in scripts and "summarize.py" in scripts
     trained = 0

@@ -42,9 +42,9 @@ def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(dataset: str, data_path: str | None, n_users: int) -> datasets.SequenceData:
+def _load(dataset: str, data_path: str | None, synthetic: tuple[tuple[str, object], ...]) -> datasets.SequenceData:
     """Two runs on the same data read and filter it once."""
-    return datasets.load_dataset(dataset, data_path, n_users=n_users)
+    return datasets.load_dataset(dataset, data_path, **dict(synthetic))
 
 
 def run_config(run: Path) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def run_ranks(run: Path, split: str, device: torch.device) -> tuple[dict[str, An
     """The run's configuration and the full-ranking 0-based ranks of its best checkpoint on `split`."""
     config = run_config(run)
     try:
-        data = _load(config["dataset"], config["data_path"], config["synthetic_users"])
+        data = _load(config["dataset"], config["data_path"], tuple(datasets.synthetic_options(config).items()))
     except (OSError, ValueError, RuntimeError) as error:
         raise SystemExit(f"error: {error}") from error
     samples = datasets.eval_samples(data, split, config["max_len"])

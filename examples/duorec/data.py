@@ -527,6 +527,10 @@ def make_synthetic(
     successors: int = 4,
     noise: float = 0.05,
     seed: int = 2023,
+    core: int = CORE,
+    shared_items: int = 0,
+    shared_rate: float = 0.0,
+    markov: float = 1.0,
 ) -> SequenceData:
     """Sequences driven by latent user intents, so that in-batch false negatives really exist.
 
@@ -535,9 +539,19 @@ def make_synthetic(
     cluster with 15% chance, and to any item of the catalogue with probability `noise`. A user draws
     one intent and walks its chain from a Zipf-popular start item. Two users of the same intent are
     each other's false negatives; the labels stay in ``SequenceData.intents``.
+
+    Knobs for the regime study (defaults leave the data as it always was): `core` is the k of the
+    k-core filter (lower keeps cold items); `shared_items` > 0 adds a pool of items common to every
+    intent, visited at each step with probability `shared_rate` (Zipf-popular within the pool), after
+    which the walk resumes at the intent's last item: the item after a shared one then depends on the
+    user's intent, which only the history before it reveals; `markov` < 1 makes a step follow the chain
+    only with that probability and otherwise draw the next item from the intent's (Zipf) popularity, so
+    that the next item depends on the intent more than on the last item.
     """
     rng = np.random.default_rng(seed)
     n_items = n_intents * items_per_intent
+    shared_popularity = 1.0 / (np.arange(max(shared_items, 1)) + 1.0)
+    shared_popularity /= shared_popularity.sum()
     cluster = np.arange(items_per_intent)
     popularity = 1.0 / (cluster + 1.0)
     popularity /= popularity.sum()
@@ -560,12 +574,39 @@ def make_synthetic(
             if rng.random() < noise:
                 walk.append(int(rng.integers(n_items)))
                 continue
-            local = int(rng.choice(items_per_intent, p=chains[intent][local]))
+            if shared_items and rng.random() < shared_rate:
+                walk.append(n_items + int(rng.choice(shared_items, p=shared_popularity)))
+                continue
+            if markov < 1.0 and rng.random() >= markov:
+                local = int(rng.choice(items_per_intent, p=popularity))
+            else:
+                local = int(rng.choice(items_per_intent, p=chains[intent][local]))
             walk.append(base + local)
         sequences[str(user)] = [str(item + 1) for item in walk]
         intents[str(user)] = intent
-    filtered = k_core(sequences)
+    filtered = k_core(sequences, core)
     return SequenceData.from_sequences("synthetic", filtered, {u: intents[u] for u in filtered})
+
+
+# The command line's names of `make_synthetic`'s knobs (``--synthetic-<name>``), and their defaults.
+SYNTHETIC_OPTIONS = {
+    "users": ("n_users", 1000),
+    "intents": ("n_intents", 16),
+    "items_per_intent": ("items_per_intent", 40),
+    "min_len": ("min_len", 5),
+    "max_len": ("max_len", 15),
+    "noise": ("noise", 0.05),
+    "core": ("core", CORE),
+    "shared_items": ("shared_items", 0),
+    "shared_rate": ("shared_rate", 0.0),
+    "markov": ("markov", 1.0),
+}
+
+
+def synthetic_options(config: dict) -> dict:
+    """`make_synthetic` keyword arguments from a run's configuration (``synthetic_<name>`` keys; a
+    configuration written before a knob existed gets the knob's default)."""
+    return {kwarg: config.get(f"synthetic_{name}", default) for name, (kwarg, default) in SYNTHETIC_OPTIONS.items()}
 
 
 def load_dataset(

@@ -25,6 +25,7 @@ METRICS = ("NDCG@5", "NDCG@10", "MRR@5", "MRR@10", "Recall@5", "Recall@10")
 # bookkeeping. Everything else (including the epoch budget) splits rows.
 NOT_CONFIGURATION = {
     "seed", "out", "resume", "overwrite", "quiet", "threads", "device", "data_path", "download", "stats_only",
+    "no_plots", "no_checkpoints",
 }  # fmt: skip
 # Settings added to train.py after runs were recorded, with the value those runs had: a run without the
 # key shares its row with runs that state the default.
@@ -32,6 +33,17 @@ ADDED_LATER = {"dropout": 0.5}
 LOSS_ORDER = {"none": 0, "duorec": 1, "adaptive": 2}
 # CL4SRec's augmentation settings (train.py --item-crop ...): None, or absent in older runs, for the other views.
 CL4SREC_SETTINGS = {"item_crop", "item_mask", "item_reorder", "aug_pairs"}
+# Settings added to train.py after some runs were recorded: a run without the key had this value.
+LATER_DEFAULTS: dict[str, Any] = {
+    "dropout": 0.5,
+    "known_positives": "none",
+    "recipe": "default",
+    "threshold_input": "view",
+    "lr_schedule": "constant",
+    "drop_last": False,
+    "early_stop_metric": "NDCG@10",
+    "time_budget": None,
+}
 # Full-ranking test NDCG@10 published for these datasets (the papers report no MRR).
 PUBLISHED: dict[str, list[tuple[str, dict[str, float]]]] = {
     "beauty": [
@@ -77,12 +89,17 @@ def configuration(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """What a run measures: its settings without the seed and bookkeeping, and without the settings
     its loss ignores (the ThresholdNet's for DuoRec, all contrastive ones for SASRec, the augmentations for
     views other than CL4SRec's)."""
-    config = {**ADDED_LATER, **config}
+    config = {**LATER_DEFAULTS, **config}
     ignored = set(NOT_CONFIGURATION)
+    if config["dataset"] != "synthetic":  # the generator's knobs
+        ignored |= {name for name in config if name.startswith("synthetic_")}
     if config["loss"] != "adaptive":
-        ignored |= {"false_negatives", "mask", "threshold_arch", "warmup_epochs"}
+        ignored |= {"mask", "threshold_arch", "threshold_input", "warmup_epochs"}
+        if config["known_positives"] == "none":
+            ignored.add("false_negatives")
     if config["loss"] == "none":
-        ignored |= {"contrast", "similarity", "temperature", "lmd"} | CL4SREC_SETTINGS
+        ignored |= {"contrast", "similarity", "temperature", "lmd", "known_positives", "false_negatives"}
+        ignored |= CL4SREC_SETTINGS
     if config.get("contrast") != "cl4srec":
         ignored |= CL4SREC_SETTINGS
     return tuple(sorted((k, v) for k, v in config.items() if k not in ignored))
@@ -91,18 +108,25 @@ def configuration(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 def label(config: dict[str, Any]) -> str:
     """A row name that says what differs: the model, then the loss settings, then the budget.
 
-    CL4SRec's views with plain InfoNCE are "CL4SRec"; a temperature other than 1 is named.
+    CL4SRec's views with plain InfoNCE are "CL4SRec"; a temperature other than 1 and known positives are named.
     """
+    config = {**LATER_DEFAULTS, **config}
+    extra = []  # settings away from the defaults the rows above were run with
+    if config["loss"] != "none" and config["temperature"] != 1.0:
+        extra.append(f"τ={config['temperature']:g}")
+    if config["loss"] != "none" and config["known_positives"] != "none":
+        extra.append(f"{config['known_positives']} positives {config['false_negatives']}")
     if config["loss"] == "none":
         return f"SASRec, ≤{config['epochs']} epochs"
-    tau = [] if config.get("temperature", 1.0) == 1.0 else [f"τ={config['temperature']:g}"]
     if config["loss"] == "duorec" and config["contrast"] == "cl4srec":
-        name = f"CL4SRec ({', '.join([config['similarity'], *tau])})"
+        name = f"CL4SRec ({', '.join([config['similarity'], *extra])})"
     elif config["loss"] == "duorec":
-        name = f"DuoRec ({', '.join([config['contrast'], config['similarity'], *tau])})"
+        name = f"DuoRec ({', '.join([config['contrast'], config['similarity'], *extra])})"
     else:
-        parts = [config["false_negatives"], config["mask"], config["threshold_arch"], config["similarity"], *tau]
+        parts = [config["false_negatives"], config["mask"], config["threshold_arch"], config["similarity"], *extra]
         name = f"AdaptiveRec ({config['contrast']}, {', '.join(parts)})"
+    if config["recipe"] != "default":
+        name += f", {config['recipe']} recipe"
     return f"{name}, ≤{config['epochs']} epochs"
 
 

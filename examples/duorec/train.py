@@ -48,6 +48,7 @@ import data as datasets  # noqa: E402
 import diagnostics  # noqa: E402
 import parallel  # noqa: E402
 import plots  # noqa: E402
+import recipes  # noqa: E402
 import run_folder  # noqa: E402
 from evaluate import EvalSet, make_eval_set, metrics_table  # noqa: E402
 from model import DuoRec  # noqa: E402
@@ -60,7 +61,7 @@ DEFAULT_EPOCHS = {"synthetic": 20, "ml-1m": 300, "beauty": 300}
 # Arguments that may change between a run and its --resume.
 RESUMABLE = {
     "resume", "overwrite", "epochs", "patience", "device", "out", "threads", "quiet", "stats_only", "download",
-    "data_path",
+    "data_path", "time_budget", "no_plots", "no_checkpoints",
 }  # fmt: skip
 # What a last.pt must hold to be continued from.
 CHECKPOINT_KEYS = ("config", "epoch", "model", "loss_fn", "optimizer", "history", "best", "stopped", "rng")
@@ -75,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     p.add_argument("--dataset", choices=datasets.DATASETS, default="synthetic")
+    p.add_argument(
+        "--recipe",
+        choices=recipes.RECIPES,
+        default="default",
+        help="a whole configuration: authors = the AdaptiveRec authors' released code, duorec = DuoRec's code; "
+        "flags given on the command line override it",
+    )
     p.add_argument(
         "--data-path",
         default=None,
@@ -104,9 +112,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask", choices=("hard", "soft"), default="hard")
     p.add_argument(
         "--threshold-arch",
-        choices=("set", "flat"),
+        choices=("set", "flat", "authors"),
         default="set",
-        help="ThresholdNet architecture (flat: drop_last batches)",
+        help="ThresholdNet architecture (flat, authors: drop_last batches)",
+    )
+    p.add_argument(
+        "--threshold-input",
+        choices=("view", "next-item"),
+        default="view",
+        help="what the ThresholdNet reads: the first contrastive view, or the next-item representation (authors)",
     )
     p.add_argument(
         "--similarity", choices=("dot", "cos"), default=None, help="default: dot for duorec, cos for adaptive"
@@ -126,6 +140,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stats-only", action="store_true", help="print the filtered dataset's statistics as JSON and exit")
     # extras
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="cosine: timm's CosineLRScheduler as the authors set it (5 warm-up epochs from lr/10, cosine to lr/10 "
+        "over --epochs)",
+    )
+    p.add_argument("--drop-last", action="store_true", help="drop the incomplete last batch of every epoch")
+    p.add_argument(
+        "--early-stop-metric",
+        default="NDCG@10",
+        choices=[f"{m}@{k}" for m in ("NDCG", "MRR", "Recall") for k in (5, 10, 20)],
+        help="validation metric that picks the best epoch and drives --patience",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds of wall time (from the start, data loading included) after which training stops and the best "
+        "checkpoint is evaluated",
+    )
     p.add_argument("--max-len", type=int, default=datasets.MAX_LEN)
     p.add_argument("--dropout", type=float, default=0.5, help="encoder dropout, hidden states and attention")
     p.add_argument(
@@ -141,10 +176,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke tests, timing)"
     )
     p.add_argument("--synthetic-users", type=int, default=1000)
+    synthetic = p.add_argument_group("synthetic data (the regime study's knobs; defaults = the default data)")
+    synthetic.add_argument(
+        "--synthetic-intents", type=int, default=16, help="latent intents (more: rarer false negatives)"
+    )
+    synthetic.add_argument("--synthetic-items-per-intent", type=int, default=40)
+    synthetic.add_argument("--synthetic-min-len", type=int, default=5, help="shortest generated sequence")
+    synthetic.add_argument("--synthetic-max-len", type=int, default=15, help="longest generated sequence")
+    synthetic.add_argument("--synthetic-noise", type=float, default=0.05, help="chance of a random catalogue item")
+    synthetic.add_argument("--synthetic-core", type=int, default=datasets.CORE, help="k of the k-core filter")
+    synthetic.add_argument("--synthetic-shared-items", type=int, default=0, help="items common to every intent")
+    synthetic.add_argument("--synthetic-shared-rate", type=float, default=0.0, help="chance of a shared item per step")
+    synthetic.add_argument(
+        "--synthetic-markov", type=float, default=1.0, help="chance that a step follows the chain (else: popularity)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     augment.add_arguments(p)
+    p.add_argument("--no-plots", action="store_true", help="write no PNG figures (many short runs)")
+    p.add_argument(
+        "--no-checkpoints",
+        action="store_true",
+        help="no last.pt (so no --resume) and a model-only best.pt: for a large loss state (the authors' g: 2 GB)",
+    )
     args = p.parse_args(argv)
+    recipes.apply(args, recipes.explicit_arguments(p, argv))
     augment.check_arguments(p, args)
     if args.similarity is None:
         args.similarity = "dot" if args.loss == "duorec" else "cos"
@@ -206,7 +262,7 @@ def build_loss(args: argparse.Namespace, dim: int, gather: bool = False) -> Adap
         dim,
         arch=args.threshold_arch,
         similarity=args.similarity,
-        batch_size=args.batch_size if args.threshold_arch == "flat" else None,
+        batch_size=args.batch_size if args.threshold_arch in ("flat", "authors") else None,
     )
     return AdaptiveInfoNCE(
         threshold=net,
@@ -216,6 +272,7 @@ def build_loss(args: argparse.Namespace, dim: int, gather: bool = False) -> Adap
         mask=args.mask,
         warmup_epochs=args.warmup_epochs,
         gather_distributed=gather,
+        **recipes.adaptive_loss_options(args),
     )
 
 
@@ -291,6 +348,9 @@ class Trainer:
         self.best_score = -1.0
         self.bad_epochs = 0
         self.stopped = False
+        # --time-budget: a perf_counter deadline (set by `main`), and whether training stopped at it.
+        self.deadline: float | None = None
+        self.out_of_time = False
         self.probe_rows, self.probe_partners = self._probe_rows()
 
     # -------------------------------------------------------------------------------- batches
@@ -302,9 +362,11 @@ class Trainer:
         order = torch.randperm(len(self.train_set), generator=generator).numpy()
         size = self.args.batch_size
         batches = [order[i : i + size] for i in range(0, len(order), size)]
-        fixed_size = self.loss_fn is not None and self.args.threshold_arch == "flat"
+        fixed_size = self.args.drop_last or (
+            self.loss_fn is not None and self.args.loss == "adaptive" and self.args.threshold_arch != "set"
+        )
         if batches and (len(batches[-1]) < self.ranks.min_rows() or (fixed_size and len(batches[-1]) < size)):
-            batches.pop()  # the loss needs B >= 2 (and a row per rank); the flat ThresholdNet needs exactly B rows
+            batches.pop()  # the loss needs B >= 2 (and a row per rank); a flat ThresholdNet needs exactly B rows
         if not batches:
             raise SystemExit(f"error: no full batch of {size}: lower --batch-size")
         return batches[: self.args.max_steps] if self.args.max_steps else batches
@@ -372,6 +434,10 @@ class Trainer:
             self.loss_fn.train()
         generator = torch.Generator().manual_seed(args.seed * 100_003 + self.epoch)
         meter = diagnostics.EpochMeter()
+        lr = recipes.learning_rate(args, self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        meter.add(lr=lr)
         bar = tqdm(
             self._epoch_batches(generator),
             desc=f"epoch {self.epoch + 1}",
@@ -392,7 +458,8 @@ class Trainer:
                 assert z1 is not None and z2 is not None
                 known = self.known_positive_labels(rows)  # of the whole batch; the loss takes this rank's
                 mine_known = None if known is None else known[slice(*self.ranks.bounds(len(rows)))]
-                cl = self.loss_fn(z1, z2, labels=mine_known)
+                g_input = h if args.threshold_input == "next-item" else None  # what the ThresholdNet reads
+                cl = self.loss_fn(z1, z2, labels=mine_known, threshold_input=g_input)
                 loss = ce + args.lmd * cl
                 self._record(meter, z1, z2, self._labels(rows, partners), cl, len(rows), known)
             self.optimizer.zero_grad(set_to_none=True)
@@ -402,6 +469,9 @@ class Trainer:
             self.optimizer.step()
             meter.add(loss=float(loss.detach()), ce=float(ce.detach()))
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                self.out_of_time = True  # --time-budget: this (partial) epoch is validated, then training stops
+                break
         if self.loss_fn is not None:
             self.loss_fn.end_epoch()
         self.ranks.average_meter(meter)
@@ -481,7 +551,12 @@ class Trainer:
     # -------------------------------------------------------------------------------- loop
     def fit(self) -> None:
         args = self.args
-        while self.epoch < args.epochs and not self.stopped:
+        while self.epoch < args.epochs and not self.stopped and not self.out_of_time:
+            if self.deadline is not None and self.history:
+                last = self.history[-1]
+                if time.perf_counter() + last["train_time_s"] + last["eval_time_s"] > self.deadline:
+                    self.out_of_time = True  # another epoch would not fit in --time-budget
+                    break
             start = time.perf_counter()
             train = self.train_epoch()
             train_time = time.perf_counter() - start
@@ -490,13 +565,14 @@ class Trainer:
             start = time.perf_counter()
             valid = self.ranks.evaluate(self.model, self.data.items, self.valid_set, bucket_edges=self.bucket_edges)
             eval_time = time.perf_counter() - start
-            score = valid["NDCG@10"]
+            score = valid[args.early_stop_metric]
             improved = score > self.best_score
             if improved:
                 self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
                 if self.ranks.main:
+                    loss_state = None if args.no_checkpoints else self._loss_state()
                     atomic_save(
-                        {"model": self.model.state_dict(), "loss_fn": self._loss_state(), "epoch": self.epoch},
+                        {"model": self.model.state_dict(), "loss_fn": loss_state, "epoch": self.epoch},
                         self.out / "best.pt",
                     )
             else:
@@ -512,8 +588,10 @@ class Trainer:
                     "probe": probe,
                     "valid": valid,
                 }
+                | ({"partial": True} if self.out_of_time else {})  # cut short by --time-budget
             )
-            self.save_checkpoint()
+            if not args.no_checkpoints:
+                self.save_checkpoint()
             if self.ranks.main:
                 self.write_results()
                 self._log(train, valid, train_time, improved)
@@ -675,13 +753,12 @@ class Trainer:
         kwargs = {"bucket_edges": self.bucket_edges}
         valid = self.ranks.evaluate(self.model, self.data.items, self.valid_set, **kwargs)
         test = self.ranks.evaluate(self.model, self.data.items, self.test_set, **kwargs)
-        status = "early stopped" if self.stopped else "finished"
+        status = "early stopped" if self.stopped else "time budget" if self.out_of_time else "finished"
         if not self.ranks.main:
             return self.results() | {"status": status, "valid": valid, "test": test}
+        title = f"{self.args.dataset} · {self.args.loss} · {self.args.contrast}"
         try:
-            pngs = plots.plot_all(
-                self.history, self.out, title=f"{self.args.dataset} · {self.args.loss} · {self.args.contrast}"
-            )
+            pngs = [] if self.args.no_plots else plots.plot_all(self.history, self.out, title=title)
         except OSError as error:
             raise SystemExit(f"error: cannot write the plots into {self.out} ({error.strerror or error})") from error
         return self.write_results({"status": status, "valid": valid, "test": test, "plots": [p.name for p in pngs]})
@@ -690,7 +767,9 @@ class Trainer:
 def load_data(args: argparse.Namespace) -> datasets.SequenceData:
     """The command line's dataset; a missing, damaged or malformed file is a one-line error."""
     try:
-        return datasets.load_dataset(args.dataset, args.data_path, fetch=args.download, n_users=args.synthetic_users)
+        return datasets.load_dataset(
+            args.dataset, args.data_path, fetch=args.download, **datasets.synthetic_options(vars(args))
+        )
     except (FileNotFoundError, RuntimeError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     except OSError as error:
@@ -705,10 +784,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     Every user-facing failure is a `SystemExit` with one line (exit code 1); under torchrun rank 0 prints it.
     """
+    start_time = time.perf_counter()  # --time-budget counts data loading too
     args = parse_args(argv)
     ranks = parallel.start(pick_device(args.device))
     try:
-        return run_command(args, ranks)
+        return run_command(args, ranks, start_time)
     except SystemExit as stop:
         if ranks.main or not isinstance(stop.code, str):
             raise
@@ -717,7 +797,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ranks.stop()
 
 
-def run_command(args: argparse.Namespace, ranks: parallel.Ranks) -> dict[str, Any]:
+def run_command(args: argparse.Namespace, ranks: parallel.Ranks, start_time: float) -> dict[str, Any]:
     """`main` in one process (of one or several)."""
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -728,13 +808,17 @@ def run_command(args: argparse.Namespace, ranks: parallel.Ranks) -> dict[str, An
         if ranks.main:
             print(json.dumps(stats))
         return stats
-    if ranks.distributed and args.loss == "adaptive" and args.threshold_arch == "flat":
+    if ranks.distributed and args.loss == "adaptive" and args.threshold_arch != "set":
         raise SystemExit(
-            "error: --threshold-arch flat maps a whole batch to its thresholds and cannot be split across "
-            "processes: use --threshold-arch set under torchrun"
+            f"error: --threshold-arch {args.threshold_arch} maps a whole batch to its thresholds and cannot be split "
+            "across processes: use --threshold-arch set under torchrun"
         )
+    if ranks.distributed and args.time_budget is not None:
+        raise SystemExit("error: --time-budget stops mid-epoch on one process's clock: run it without torchrun")
     ranks.main_first(lambda: run_folder.prepare(Path(args.out), args.resume, args.overwrite), others=False)
     trainer = Trainer(args, data, ranks)
+    if args.time_budget is not None:
+        trainer.deadline = start_time + args.time_budget
     if args.resume:
         trainer.resume()
     if ranks.main:
