@@ -62,6 +62,7 @@ class LossSettings:
     positive_weight: float
     mask: str
     mask_temperature: float
+    mask_gradient: str = "full"
 
     @property
     def masks_denominator(self) -> bool:
@@ -366,10 +367,10 @@ def _soft_backward(
         # where ν has underflowed to 0.
         phi = 1 - nu
         dmask = torch.zeros_like(dsim)
-        if settings.masks_denominator:
+        if settings.masks_denominator and settings.mask_gradient != "labels":
             dmask += prob[sl] * phi
             dmask[rows, p_sl] = 0  # the partner is no candidate: φ there is not 1 - ν
-        if settings.soft_labels:
+        if settings.soft_labels and settings.mask_gradient != "denominator":
             logits = (q[sl] @ k.T).mul_(1.0 / settings.temperature)
             logits.sub_(centre[sl, None]).mul_(spread[sl, None])
             dmask += logits.mul_(nu * phi)
@@ -507,6 +508,10 @@ def dense_rows(
         keep = candidate if known is None else candidate & ~known
         nu = torch.sigmoid(x) * keep
         log_nu = F.logsigmoid(x).masked_fill(~keep, float("-inf"))
+    if settings.mask == "soft" and settings.mask_gradient == "labels":
+        log_nu = log_nu.detach()
+    if settings.mask == "soft" and settings.mask_gradient == "denominator":
+        nu = nu.detach()
     phi = (1 - nu) * candidate
     fn_count = phi.sum(1)
     if settings.masks_denominator:

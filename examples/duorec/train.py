@@ -86,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "intent = the true latent intent (synthetic data only: the oracle)",
     )
     p.add_argument("--mask", choices=("hard", "soft"), default="hard")
+    p.add_argument("--soft-gradient", default="full")
     p.add_argument(
         "--threshold-arch",
         choices=("set", "flat"),
@@ -174,7 +175,7 @@ def build_loss(args: argparse.Namespace, dim: int) -> AdaptiveInfoNCE | None:
         similarity=args.similarity,
         batch_size=args.batch_size if args.threshold_arch == "flat" else None,
     )
-    return AdaptiveInfoNCE(
+    loss = AdaptiveInfoNCE(
         threshold=net,
         temperature=args.temperature,
         similarity=args.similarity,
@@ -182,6 +183,12 @@ def build_loss(args: argparse.Namespace, dim: int) -> AdaptiveInfoNCE | None:
         mask=args.mask,
         warmup_epochs=args.warmup_epochs,
     )
+    import dataclasses
+    g = args.soft_gradient
+    backend = {"labels": "labels", "denominator": "denominator", "labels-centred": "labels", "labels-detached": "labels"}.get(g, "full")
+    loss.settings = dataclasses.replace(loss.settings, mask_gradient=backend)
+    loss._experiment = {"detached": "none", "labels-detached": "none", "centred": "centred", "labels-centred": "centred"}.get(g, "full")
+    return loss
 
 
 def atomic_save(obj: Any, path: Path) -> None:
