@@ -110,6 +110,10 @@ class AdaptiveInfoNCE(nn.Module):
         warmup_epochs: epochs run as ``keep`` while k_stat is collected (default 1; 0 as the authors' code).
         mask: ``"hard"`` or ``"soft"``.
         mask_temperature: β of the soft mask.
+        mask_gradient: how the soft mask is differentiated: ``"labels"`` (default; the threshold learns
+            from L_reg alone, as with the hard mask, and the similarities get the soft labels' gradient)
+            or ``"full"`` (the exact derivative, also into k_learn: it rewards flagging every candidate and
+            collapses the threshold within an epoch; kept to reproduce that measurement).
         backend: ``"auto"``, ``"reference"`` or ``"triton"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (`(2B,)` rows, each plus λ·L_reg, so that
             their mean is the ``"mean"`` loss).
@@ -166,6 +170,7 @@ class AdaptiveInfoNCE(nn.Module):
         warmup_epochs: int = 1,
         mask: str = "hard",
         mask_temperature: float = 0.05,
+        mask_gradient: str = "labels",
         backend: str = "auto",
         reduction: str = "mean",
         gather_distributed: bool = False,
@@ -179,7 +184,9 @@ class AdaptiveInfoNCE(nn.Module):
         collapse_share: float | None = 0.5,
     ) -> None:
         super().__init__()
-        self.settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
+        self.settings = make_settings(
+            temperature, false_negatives, positive_weight, mask, mask_temperature, mask_gradient
+        )
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
         if self.similarity == "dot" and self.settings.false_negatives == "attract":
             warnings.warn(
@@ -403,13 +410,8 @@ class AdaptiveInfoNCE(nn.Module):
         if settings.uses_threshold and k is not None:
             in_similarity = k * settings.temperature if self.threshold_units == "logit" else k
             thresholds = thresholds_per_row(in_similarity, z1.shape[0], layout.rows, check_nan=k is not k_learn)
-            if settings.mask == "hard":
+            if settings.mask == "hard" or not settings.exact_mask_gradient:
                 thresholds = thresholds.detach()
-            elif getattr(self, "_experiment", "full") == "none":
-                thresholds = thresholds.detach()
-            elif getattr(self, "_experiment", "full") == "centred":
-                level = thresholds.mean()
-                thresholds = thresholds - level + level.detach()
         rows, counts = scored_rows(layout, thresholds, settings, backend)
         global_rows = layout.global_rows
 

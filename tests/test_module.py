@@ -379,8 +379,12 @@ def test_hard_mask_threshold_net_has_no_gradient_before_a_target() -> None:
 
 
 @pytest.mark.parametrize("mode", ["drop", "attract", "relabel"])
-def test_soft_mask_trains_threshold_net_through_the_loss(mode: str) -> None:
-    loss_fn = AdaptiveInfoNCE(dim=D, mask="soft", false_negatives=mode, reg_weight=0.2, temperature=0.5)
+@pytest.mark.parametrize("mask_gradient", ["labels", "full"])
+def test_soft_mask_threshold_net_gradient(mode: str, mask_gradient: str) -> None:
+    """The soft mask's exact derivative trains the ThresholdNet through the loss too; the default "labels"
+    leaves it to L_reg, as the hard mask does. Either way g's input is detached: no path through g to z."""
+    kw = dict(mask="soft", false_negatives=mode, temperature=0.5, mask_gradient=mask_gradient)
+    loss_fn = AdaptiveInfoNCE(dim=D, reg_weight=0.2, **kw)
     with_target(loss_fn)
     with torch.no_grad():
         loss_fn.threshold_net.head.weight.normal_(std=0.3)
@@ -394,13 +398,14 @@ def test_soft_mask_trains_threshold_net_through_the_loss(mode: str) -> None:
     net.zero_grad()
     a1 = z1.detach().clone().requires_grad_(True)
     k = net(a1.detach())
-    manual = adaptive_info_nce(a1, z2, k, mask="soft", false_negatives=mode, temperature=0.5)
+    through_loss = k if mask_gradient == "full" else k.detach()
+    manual = adaptive_info_nce(a1, z2, through_loss, **kw)
     manual = manual + 0.2 * ((k.double() - loss_fn.k_bar) ** 2).mean()
     manual.backward()
     assert sum(float(g.abs().sum()) for g in got) > 0
     for g, p in zip(got, net.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad, atol=1e-7, rtol=1e-5)
-    torch.testing.assert_close(got_z, a1.grad, atol=1e-12, rtol=1e-10)  # no path through g to z
+    torch.testing.assert_close(got_z, a1.grad, atol=1e-12, rtol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -86,7 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "intent = the true latent intent (synthetic data only: the oracle)",
     )
     p.add_argument("--mask", choices=("hard", "soft"), default="hard")
-    p.add_argument("--soft-gradient", default="full")
+    p.add_argument(
+        "--mask-gradient",
+        choices=("labels", "full"),
+        default="labels",
+        help="how the soft mask is differentiated: labels (the threshold learns from L_reg alone) or full "
+        "(the exact derivative, which collapses the threshold; reproduces e6-soft-0)",
+    )
     p.add_argument(
         "--threshold-arch",
         choices=("set", "flat"),
@@ -175,20 +182,15 @@ def build_loss(args: argparse.Namespace, dim: int) -> AdaptiveInfoNCE | None:
         similarity=args.similarity,
         batch_size=args.batch_size if args.threshold_arch == "flat" else None,
     )
-    loss = AdaptiveInfoNCE(
+    return AdaptiveInfoNCE(
         threshold=net,
         temperature=args.temperature,
         similarity=args.similarity,
         false_negatives=args.false_negatives,
         mask=args.mask,
+        mask_gradient=args.mask_gradient,
         warmup_epochs=args.warmup_epochs,
     )
-    import dataclasses
-    g = args.soft_gradient
-    backend = {"labels": "labels", "denominator": "denominator", "labels-centred": "labels", "labels-detached": "labels"}.get(g, "full")
-    loss.settings = dataclasses.replace(loss.settings, mask_gradient=backend)
-    loss._experiment = {"detached": "none", "labels-detached": "none", "centred": "centred", "labels-centred": "centred"}.get(g, "full")
-    return loss
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -335,9 +337,16 @@ class Trainer:
             self.optimizer.step()
             meter.add(loss=float(loss.detach()), ce=float(ce.detach()))
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+        summary: dict[str, Any] = dict(meter.summary())
         if self.loss_fn is not None:
-            self.loss_fn.end_epoch()
-        return meter.summary()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.loss_fn.end_epoch()
+            for warning in caught:  # e.g. the loss's collapse warning: kept in results.json and shown
+                tqdm.write(f"warning: {warning.message}")
+            if caught:
+                summary["warnings"] = [str(warning.message) for warning in caught]
+        return summary
 
     def _record(
         self,
