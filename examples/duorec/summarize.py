@@ -72,11 +72,19 @@ def configuration(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """What a run measures: its settings without the seed and bookkeeping, and without the settings
     its loss ignores (the ThresholdNet's for DuoRec, all contrastive ones for SASRec)."""
     ignored = set(NOT_CONFIGURATION)
+    config = {**config, "mask_gradient": mask_gradient(config)}
     if config["loss"] != "adaptive":
         ignored |= {"false_negatives", "mask", "threshold_arch", "warmup_epochs"}
+    if config["loss"] != "adaptive" or config.get("mask", "hard") == "hard":
+        ignored.add("mask_gradient")
     if config["loss"] == "none":
         ignored |= {"contrast", "similarity", "temperature", "lmd"}
     return tuple(sorted((k, v) for k, v in config.items() if k not in ignored))
+
+
+def mask_gradient(config: dict[str, Any]) -> str:
+    """How a soft mask was differentiated; runs from before ``--mask-gradient`` existed used the exact derivative."""
+    return config.get("mask_gradient", "full")
 
 
 def label(config: dict[str, Any]) -> str:
@@ -86,7 +94,10 @@ def label(config: dict[str, Any]) -> str:
     elif config["loss"] == "duorec":
         name = f"DuoRec ({config['contrast']}, {config['similarity']})"
     else:
-        parts = [config["false_negatives"], config["mask"], config["threshold_arch"], config["similarity"]]
+        mask = config["mask"]
+        if mask == "soft" and mask_gradient(config) == "full":
+            mask = "soft with its exact gradient"
+        parts = [config["false_negatives"], mask, config["threshold_arch"], config["similarity"]]
         name = f"AdaptiveRec ({config['contrast']}, {', '.join(parts)})"
     return f"{name}, ≤{config['epochs']} epochs"
 
