@@ -4,6 +4,9 @@ from __future__ import annotations
 
 FALSE_NEGATIVE_MODES = ("keep", "drop", "attract", "relabel")
 MASKS = ("hard", "soft")
+# How the soft mask's ν = sigmoid((k - s)/β) is differentiated: "labels" (through the soft labels' dependence on
+# the similarities only) or "full" (the exact derivative, which collapses the threshold; see reference.py).
+MASK_GRADIENTS = ("labels", "full")
 SIMILARITIES = ("cos", "dot")
 REDUCTIONS = ("mean", "sum", "none")
 BACKENDS = ("auto", "reference", "triton")

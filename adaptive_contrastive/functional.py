@@ -25,7 +25,7 @@ from ._checks import (
     compute_dtype,
     thresholds_per_row,
 )
-from ._modes import BACKENDS, FALSE_NEGATIVE_MODES, MASKS, NORM_EPS, REDUCTIONS, SIMILARITIES
+from ._modes import BACKENDS, FALSE_NEGATIVE_MODES, MASK_GRADIENTS, MASKS, NORM_EPS, REDUCTIONS, SIMILARITIES
 from .reference import LossSettings, masked_info_nce_rows
 from .threshold import DEFAULT_MAX_PAIRS, candidate_similarity_quantile
 
@@ -66,6 +66,7 @@ def make_settings(
     positive_weight: float,
     mask: str,
     mask_temperature: float,
+    mask_gradient: str = "labels",
 ) -> LossSettings:
     return LossSettings(
         temperature=check_positive("temperature", temperature, MIN_TEMPERATURE),
@@ -73,6 +74,7 @@ def make_settings(
         positive_weight=check_unit_closed("positive_weight", positive_weight),
         mask=check_choice("mask", mask, MASKS),
         mask_temperature=check_positive("mask_temperature", mask_temperature, MIN_TEMPERATURE),
+        mask_gradient=check_choice("mask_gradient", mask_gradient, MASK_GRADIENTS),
     )
 
 
@@ -103,6 +105,10 @@ def _score_rows(
     column_labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     labels = {} if row_labels is None else {"row_labels": row_labels, "column_labels": column_labels}
+    if backend == "triton" and settings.mask == "soft" and not settings.exact_mask_gradient:
+        # The fused kernel differentiates the soft mask exactly; until it implements mask_gradient="labels"
+        # that formulation runs on the reference backend (same results, dense N×N memory).
+        backend = "reference"
     if backend == "triton":
         from .kernels import triton_masked_info_nce_rows
 
@@ -224,6 +230,7 @@ def adaptive_info_nce(
     backend: str = "auto",
     gather_distributed: bool = False,
     labels: Tensor | None = None,
+    mask_gradient: str = "labels",
 ) -> Tensor:
     """Contrastive loss with adaptively constructed pairs (AdaptiveRec, Jeon et al. 2023).
 
@@ -244,6 +251,11 @@ def adaptive_info_nce(
         positive_weight: α in [0, 1], the label mass kept on the partner when false negatives exist.
         mask: ``"hard"`` (s <= k is a negative) or ``"soft"`` (ν = sigmoid((k - s)/β)).
         mask_temperature: β > 0 of the soft mask.
+        mask_gradient: how the soft mask is differentiated. ``"labels"`` (default): through the soft
+            labels' dependence on the similarities only; the softmax denominator holds ν fixed and the
+            threshold gets no gradient, as with the hard mask. ``"full"``: the exact derivative, whose
+            denominator part rewards flagging every candidate (a learned threshold collapses; kept to
+            reproduce that measurement).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (returns the `(2B,)` row losses).
         backend: ``"auto"`` (Triton for CUDA tensors when importable), ``"reference"`` or ``"triton"``.
         gather_distributed: score local rows against every rank's rows under torch.distributed.
@@ -279,6 +291,7 @@ def adaptive_info_nce(
         backend,
         gather_distributed,
         labels,
+        mask_gradient,
     )
     world = distributed.world_size() if gather_distributed else 1
     return reduce_rows(rows, check_choice("reduction", reduction, REDUCTIONS), global_rows, world)
@@ -318,12 +331,13 @@ def _rows_from_public(
     backend: str,
     gather_distributed: bool,
     labels: Tensor | None = None,
+    mask_gradient: str = "labels",
 ) -> tuple[Tensor, Tensor, int]:
     gathering = gather_distributed and distributed.world_size() > 1
 
     def check() -> tuple[Tensor, Tensor, LossSettings, str, Tensor | None, Tensor | None]:
         a, b = check_embeddings(z1, z2, min_batch=1 if gathering else 2)
-        settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
+        settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature, mask_gradient)
         check_choice("similarity", similarity, SIMILARITIES)
         resolved = resolve_backend(backend, a.device)
         checked_labels = None

@@ -134,6 +134,10 @@ class AdaptiveInfoNCE(nn.Module):
         warmup_epochs: epochs run as ``keep`` while k_stat is collected (default 1; 0 as the authors' code).
         mask: ``"hard"`` or ``"soft"``.
         mask_temperature: β of the soft mask.
+        mask_gradient: how the soft mask is differentiated: ``"labels"`` (default; the threshold learns
+            from L_reg alone, as with the hard mask, and the similarities get the soft labels' gradient)
+            or ``"full"`` (the exact derivative, also into k_learn: it rewards flagging every candidate and
+            collapses the threshold within an epoch; kept to reproduce that measurement).
         backend: ``"auto"``, ``"reference"`` or ``"triton"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (`(2B,)` rows, each plus λ·L_reg, so that
             their mean is the ``"mean"`` loss).
@@ -152,6 +156,9 @@ class AdaptiveInfoNCE(nn.Module):
             as in the authors' code.
         calibrate: start a learned threshold that has a ``calibrate`` method (ThresholdNet) at
             k̄_stat on its first use (default True); False keeps the untrained network's output.
+        collapse_share: `end_epoch` warns when the threshold flagged more than this share of the
+            candidates as suspected false negatives in every training step of the epoch (default 0.5;
+            None never warns): the contrastive term then has almost no negatives left.
 
     On CUDA tensors the embeddings are checked for NaN and inf on the first call only: each
     check reads a device value back to the host, and the loss makes no such read afterwards.
@@ -187,6 +194,7 @@ class AdaptiveInfoNCE(nn.Module):
         warmup_epochs: int = 1,
         mask: str = "hard",
         mask_temperature: float = 0.05,
+        mask_gradient: str = "labels",
         backend: str = "auto",
         reduction: str = "mean",
         gather_distributed: bool = False,
@@ -197,9 +205,12 @@ class AdaptiveInfoNCE(nn.Module):
         threshold_units: str = "similarity",
         detach_threshold_input: bool = True,
         calibrate: bool = True,
+        collapse_share: float | None = 0.5,
     ) -> None:
         super().__init__()
-        self.settings = make_settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
+        self.settings = make_settings(
+            temperature, false_negatives, positive_weight, mask, mask_temperature, mask_gradient
+        )
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
         if self.similarity == "dot" and self.settings.false_negatives == "attract":
             warnings.warn(
@@ -223,6 +234,7 @@ class AdaptiveInfoNCE(nn.Module):
         self.threshold_units = check_choice("threshold_units", threshold_units, THRESHOLD_UNITS)
         self.detach_threshold_input = bool(detach_threshold_input)
         self.calibrate = bool(calibrate)
+        self.collapse_share = None if collapse_share is None else check_unit_open("collapse_share", collapse_share)
 
         self.threshold_net: nn.Module | None = None
         self.fixed_threshold: float | None = None
@@ -268,6 +280,10 @@ class AdaptiveInfoNCE(nn.Module):
         self._recorded_this_epoch = 0
         self._validated = False
         self._backends: dict[torch.device, str] = {}
+        # Training steps of this epoch that flagged by threshold (host count), and how many of them stayed at or
+        # below `collapse_share` (a device count, read once in `end_epoch`).
+        self._flagging_steps = 0
+        self._steps_below_collapse: Tensor | None = None
         self.register_load_state_dict_post_hook(_sync_host_state)
 
     # ------------------------------------------------------------------------------ state
@@ -283,7 +299,12 @@ class AdaptiveInfoNCE(nn.Module):
         return self._has_target
 
     def end_epoch(self) -> None:
-        """Roll k̄_stat to the mean k_stat of the epoch just finished and count the epoch."""
+        """Roll k̄_stat to the mean k_stat of the epoch just finished and count the epoch.
+
+        Warns (`collapse_share`) when every training step of the epoch flagged more than that share of the
+        candidates: the one device read the module makes outside the first call.
+        """
+        self._warn_if_collapsed()
         if self.update == "epoch" and self._recorded_this_epoch > 0:
             self.k_bar.copy_(self.k_sum / self.k_count)
             self._has_target = True
@@ -292,6 +313,30 @@ class AdaptiveInfoNCE(nn.Module):
         self.epochs_done += 1
         self._epochs += 1
         self._recorded_this_epoch = 0
+
+    def _record_suspected_share(self, share: Tensor) -> None:
+        """Count, on the device, the training steps whose suspected share stayed at or below `collapse_share`."""
+        if not self.training or self.collapse_share is None:
+            return
+        below = (share.detach() <= self.collapse_share).to(torch.int64)
+        self._steps_below_collapse = below if self._steps_below_collapse is None else self._steps_below_collapse + below
+        self._flagging_steps += 1
+
+    def _warn_if_collapsed(self) -> None:
+        steps, below = self._flagging_steps, self._steps_below_collapse
+        self._flagging_steps, self._steps_below_collapse = 0, None
+        if steps == 0 or below is None or int(below) > 0:
+            return
+        s = self.settings
+        warnings.warn(
+            f"epoch {self._epochs + 1}: the threshold flagged more than {self.collapse_share:.0%} of the candidates "
+            f"as suspected false negatives in every one of its {steps} training steps (false_negatives="
+            f"{s.false_negatives!r}, mask={s.mask!r}). With so few negatives left the contrastive term does little "
+            "while its loss looks small. Check k_learn against k_stat in `last`; raise reg_weight, or use "
+            'mask="hard".',
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _record_k_stat(self, k_stat: Tensor) -> None:
         if not self.training:
@@ -428,7 +473,7 @@ class AdaptiveInfoNCE(nn.Module):
             # Thresholds in float32 (float64 for float64 rows) even when the rows are 16-bit.
             like = layout.rows.new_empty(0, dtype=compute_dtype(layout.rows.dtype))
             thresholds = thresholds_per_row(in_similarity, z1.shape[0], like, check_nan=k is not k_learn)
-            if settings.mask == "hard":
+            if settings.mask == "hard" or not settings.exact_mask_gradient:
                 thresholds = thresholds.detach()
         rows, counts = scored_rows(layout, thresholds, settings, backend)
         global_rows = layout.global_rows
@@ -453,6 +498,8 @@ class AdaptiveInfoNCE(nn.Module):
             epoch=self._epochs + 1,
             known_positive_fraction=None if known is None else known.to(rows.dtype).mean() / max(global_rows - 2, 1),
         )
+        if thresholds is not None:
+            self._record_suspected_share(self.last.suspected_fraction)
         return loss
 
     def _learned_threshold(

@@ -18,11 +18,24 @@ self and partner):
 
 Backward (recomputing the blocks, like flash attention), with P_j = w_j e^{l_j - lse}:
 
-    ∂ℓ/∂s_j = (P_j - y_j)/τ - D_j,   ∂ℓ/∂k_i = Σ_C D_j,
-    D_j = ∂ℓ/∂ν_j · ν_j φ_j / β   (soft mask only; 0 for the hard mask; its denominator part
-                                   ν_j e^{l_j - lse} φ_j / β is evaluated as P_j φ_j / β)
-    ∂ℓ/∂ν_j = [drop/attract] e^{l_j - lse} + [attract/relabel] (1-α)/max(F,1) · (l_j - l_p - [F>1] A/F)
-    A = Σ_C φ_j (l_j - l_p)
+    ∂ℓ/∂s_j = (P_j - y_j)/τ - D_j
+
+where D_j is the soft mask's own term (0 for the hard mask). With ``mask_gradient="labels"`` (the
+library's soft mask) the softmax denominator holds ν as a constant and the threshold gets no
+gradient: only the labels' dependence on s is differentiated,
+
+    D_j = [attract/relabel] σ_i (l_j - c_i) ν_j φ_j / β,   σ_i = (1-α)/max(F,1),
+    c_i = l_p + [F>1] Σ_C φ_j (l_j - l_p)/F
+
+(∂ℓ/∂φ_j through the labels is -σ_i (l_j - c_i); k is a constant of the loss, as with the hard mask).
+With ``mask_gradient="full"`` (the exact derivative, kept to reproduce the collapse it causes)
+
+    D_j = ∂ℓ/∂ν_j · ν_j φ_j / β,   ∂ℓ/∂k_i = Σ_C D_j,
+    ∂ℓ/∂ν_j = [drop/attract] e^{l_j - lse} + [attract/relabel] σ_i (l_j - c_i)
+
+whose denominator part ν_j e^{l_j - lse} φ_j / β is evaluated as P_j φ_j / β. That part is >= 0 for
+every candidate: lowering k always lowers the loss, and it outweighs L_reg (see the DuoRec example's
+README), so k falls until every candidate is flagged.
 
 and dQ = G K, dK = Gᵀ Q with G_ij = g_i ∂ℓ_i/∂s_ij. Rows are processed in chunks so that the
 temporaries of one chunk stay in cache.
@@ -62,6 +75,9 @@ class LossSettings:
     positive_weight: float
     mask: str
     mask_temperature: float
+    # The public API passes "labels"; "full" here keeps direct constructions (the fused kernel's tests) on the
+    # exact derivative, which is what the Triton kernel computes until it implements "labels".
+    mask_gradient: str = "full"
 
     @property
     def masks_denominator(self) -> bool:
@@ -74,6 +90,11 @@ class LossSettings:
     @property
     def uses_threshold(self) -> bool:
         return self.false_negatives != "keep"
+
+    @property
+    def exact_mask_gradient(self) -> bool:
+        """Whether the soft mask is differentiated exactly (denominator and threshold included)."""
+        return self.mask_gradient == "full"
 
 
 def _row_chunk(num_rows: int, num_cols: int) -> int:
@@ -347,13 +368,15 @@ def _soft_backward(
     partner_logit: Tensor,
     phi_logit_sum: Tensor,
     g: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """dQ, dK and (``mask_gradient="full"`` only) the threshold's gradient of the soft mask."""
     spread, partner_label = label_terms(fn_count, settings)
     centre = label_centre(fn_count, partner_logit, phi_logit_sum)
     n = q.shape[0]
+    exact = settings.exact_mask_gradient
     grad_q = torch.empty_like(q)
     grad_k = torch.zeros_like(k)
-    grad_thr = torch.zeros_like(fn_count)
+    grad_thr = torch.zeros_like(fn_count) if exact else None
     step = _row_chunk(n, k.shape[0])
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
@@ -372,10 +395,10 @@ def _soft_backward(
         # D = ∂ℓ/∂ν · νφ/β, zero off C(i) because ν is zero on the self and partner columns
         # (and on known positives, whose ν does not depend on the threshold).
         # The denominator's part ν·e^{l-lse} is P itself: e^{l-lse} alone can overflow
-        # where ν has underflowed to 0.
+        # where ν has underflowed to 0. Only the exact derivative has it.
         phi = 1 - nu
         dmask = torch.zeros_like(dsim)
-        if settings.masks_denominator:
+        if settings.masks_denominator and exact:
             dmask += prob[sl] * phi
             dmask[rows, p_sl] = 0  # the partner is no candidate: φ there is not 1 - ν
         if settings.soft_labels:
@@ -384,11 +407,12 @@ def _soft_backward(
             dmask += logits.mul_(nu * phi)
         dmask.mul_(1.0 / settings.mask_temperature)
         dsim.sub_(dmask)
-        grad_thr[sl] = dmask.sum(1) * g[sl]
+        if grad_thr is not None:
+            grad_thr[sl] = dmask.sum(1) * g[sl]
         dsim.mul_(g[sl, None])
         torch.mm(dsim, k, out=grad_q[sl])
         grad_k.addmm_(dsim.T, q[sl])
-    return grad_q, grad_k, grad_thr.to(thresholds.dtype)
+    return grad_q, grad_k, None if grad_thr is None else grad_thr.to(thresholds.dtype)
 
 
 def _hard_backward(
@@ -518,10 +542,14 @@ def dense_rows(
         nu = below.to(q.dtype)
         log_nu = torch.where(below, 0.0, float("-inf")).to(q.dtype)
     else:
-        x = (thresholds[:, None] - sims) / settings.mask_temperature
+        # mask_gradient="labels": k is a constant of the loss and the denominator holds ν fixed.
+        exact = settings.exact_mask_gradient
+        x = ((thresholds if exact else thresholds.detach())[:, None] - sims) / settings.mask_temperature
         keep = candidate if known is None else candidate & ~known
         nu = torch.sigmoid(x) * keep
         log_nu = F.logsigmoid(x).masked_fill(~keep, float("-inf"))
+        if not exact:
+            log_nu = log_nu.detach()
     phi = (1 - nu) * candidate
     fn_count = phi.sum(1)
     if settings.masks_denominator:

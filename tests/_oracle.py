@@ -56,11 +56,14 @@ def oracle_rows(
     mask: str = "hard",
     mask_temperature: float = 0.05,
     labels: Tensor | None = None,
+    mask_gradient: str = "labels",
 ) -> Tensor:
     """The (N,) float64 row losses ℓ_i of SPEC §3, differentiable w.r.t. z1, z2 and the threshold.
 
     `labels` `(B,)` mark known positives (SPEC §8): a candidate sharing the row's label >= 0 counts
     as a false negative (φ = 1) whatever the threshold says; with `threshold` None, labels alone decide.
+    Soft mask, `mask_gradient="labels"`: the threshold is a constant of the loss and the softmax
+    denominator holds ν fixed (only the labels' ν(s) is differentiated); ``"full"``: the exact derivative.
     """
     b = z1.shape[0]
     n = 2 * b
@@ -106,10 +109,15 @@ def oracle_rows(
                 below = float(sj.detach()) <= float(ks[i].detach())
                 nu.append(one if below else zero)
                 log_nu.append(zero if below else minus_inf)
-            else:
+            elif mask_gradient == "full":
                 a = (ks[i] - sj) / beta
                 nu.append(torch.sigmoid(a))
                 log_nu.append(torch.nn.functional.logsigmoid(a))
+            else:
+                assert mask_gradient == "labels", mask_gradient
+                a = (ks[i].detach() - sj) / beta
+                nu.append(torch.sigmoid(a))  # the labels' φ = 1 - ν moves with s_ij
+                log_nu.append(torch.nn.functional.logsigmoid(a).detach())  # the denominator's weight does not
         phi = [1.0 - v for v in nu]
         f_i = torch.zeros((), dtype=torch.float64)
         for v in phi:

@@ -98,12 +98,22 @@ def _module(sizes: list[int], threshold: object, seed: int, labelled: bool = Fal
 SCENARIOS = {
     "fn-attract-hard-B-equal": _functional([3, 3], "B", 10, false_negatives="attract"),
     "fn-attract-soft-N-unequal": _functional(
-        [2, 5], "N", 11, threshold_grad=True, false_negatives="attract", mask="soft", mask_temperature=0.2
+        [2, 5],
+        "N",
+        11,
+        threshold_grad=True,
+        false_negatives="attract",
+        mask="soft",
+        mask_temperature=0.2,
+        mask_gradient="full",
     ),
     "fn-drop-hard-float-unequal-sum": _functional([4, 2], "float", 12, false_negatives="drop", reduction="sum"),
     "fn-relabel-hard-B-equal-none": _functional([3, 3], "B", 13, false_negatives="relabel", reduction="none"),
     "fn-keep-dot-unequal": _functional([3, 2], "none", 14, false_negatives="keep", similarity="dot", temperature=2.0),
-    "fn-drop-soft-B-unequal": _functional([2, 4], "B", 15, threshold_grad=True, false_negatives="drop", mask="soft"),
+    "fn-drop-soft-B-unequal": _functional(
+        [2, 4], "B", 15, threshold_grad=True, false_negatives="drop", mask="soft", mask_gradient="full"
+    ),
+    "fn-attract-soft-labels-B-unequal": _functional([2, 4], "B", 17, false_negatives="attract", mask="soft"),
     # A rank with a single sequence (the end of an epoch without drop_last): its negatives are remote.
     "fn-attract-hard-float-single-row": _functional([1, 4], "float", 16, false_negatives="attract"),
     "module-float-attract-equal": _module([3, 3], 0.25, 20),
@@ -111,7 +121,7 @@ SCENARIOS = {
     "module-net-attract-hard-equal": _module([4, 4], "learn", 22),
     "module-net-attract-hard-unequal": _module([2, 5], "learn", 23),
     "module-net-attract-soft-equal": _module([3, 3], "learn", 24, mask="soft"),
-    "module-net-attract-soft-unequal": _module([3, 4], "learn", 25, mask="soft"),
+    "module-net-attract-soft-unequal": _module([3, 4], "learn", 25, mask="soft", mask_gradient="full"),
     "module-kbar-drop-unequal": _module([4, 3], None, 26, false_negatives="drop"),
     "module-custom-threshold-equal": _module([3, 3], RowwiseThreshold(D), 27, mask="soft"),
     "module-net-attract-single-row": _module([1, 3], "learn", 28),
@@ -119,7 +129,14 @@ SCENARIOS = {
     "fn-attract-hard-B-labels-unequal": _functional([2, 5], "B", 30, labelled=True, false_negatives="attract"),
     "fn-drop-labels-only-equal": _functional([4, 4], "none", 31, labelled=True, false_negatives="drop"),
     "fn-relabel-soft-N-labels-equal": _functional(
-        [3, 3], "N", 32, threshold_grad=True, labelled=True, false_negatives="relabel", mask="soft"
+        [3, 3],
+        "N",
+        32,
+        threshold_grad=True,
+        labelled=True,
+        false_negatives="relabel",
+        mask="soft",
+        mask_gradient="full",
     ),
     "module-net-attract-labels-unequal": _module([3, 5], "learn", 33, labelled=True),
     "module-labels-only-drop-equal": _module([4, 4], "labels", 34, labelled=True, false_negatives="drop"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,3 +183,18 @@ def test_known_positives_bad_combinations(argv: list[str], message: str, capsys:
     with pytest.raises(SystemExit):
         train.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_warnings_of_the_loss_are_kept_in_the_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the loss warns at the end of an epoch (e.g. that the threshold flagged most candidates all
+    epoch) is printed and stored with that epoch's diagnostics."""
+    end_epoch = train.AdaptiveInfoNCE.end_epoch
+
+    def warning_end_epoch(self: train.AdaptiveInfoNCE) -> None:
+        warnings.warn(f"epoch {self.epoch + 1} collapsed", UserWarning, stacklevel=2)
+        end_epoch(self)
+
+    monkeypatch.setattr(train.AdaptiveInfoNCE, "end_epoch", warning_end_epoch)
+    saved = run(tmp_path, "--epochs", "2", "--mask", "soft")
+    assert [h["train"]["warnings"] for h in saved["history"]] == [["epoch 1 collapsed"], ["epoch 2 collapsed"]]
+    assert saved["config"]["mask_gradient"] == "labels"

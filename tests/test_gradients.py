@@ -1,8 +1,10 @@
 """Gradients of the reference backend's custom autograd Function.
 
-`torch.autograd.gradcheck` in float64 for every mode, hard and soft masks (soft: also w.r.t. the
-threshold k), cos and dot; an upstream gradient other than 1; row chunking; and finiteness of the
-loss and its gradients for float16/bfloat16 inputs at τ = 0.01.
+`torch.autograd.gradcheck` in float64 for every mode, hard and soft masks (the soft mask's exact
+derivative, ``mask_gradient="full"``, also w.r.t. the threshold k), cos and dot; an upstream gradient
+other than 1; row chunking; and finiteness of the loss and its gradients for float16/bfloat16 inputs
+at τ = 0.01, for both soft-mask derivatives (the default ``"labels"`` holds part of the mask fixed, so
+finite differences do not apply to it: it is checked against the oracle's autograd instead).
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from adaptive_contrastive.functional import adaptive_info_nce
 MODES = ("keep", "drop", "attract", "relabel")
 THRESHOLD_MODES = ("drop", "attract", "relabel")
 MASKS = ("hard", "soft")
+# (mask, mask_gradient): the hard mask, and the soft mask under both of its derivatives.
+MASK_VARIANTS = (("hard", "labels"), ("soft", "labels"), ("soft", "full"))
 SIMILARITIES = ("cos", "dot")
+
+
+def threshold_has_gradient(mode: str, mask: str, mask_gradient: str) -> bool:
+    """Only the soft mask's exact derivative reaches the threshold."""
+    return mode != "keep" and mask == "soft" and mask_gradient == "full"
 
 
 def views(b: int, d: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +81,7 @@ def test_gradcheck_embeddings(mode: str, mask: str, similarity: str) -> None:
             false_negatives=mode,
             mask=mask,
             mask_temperature=0.2,
+            mask_gradient="full",
             reduction="none",
             backend="reference",
         )
@@ -83,7 +93,7 @@ def test_gradcheck_embeddings(mode: str, mask: str, similarity: str) -> None:
 @pytest.mark.parametrize("kind", ["0d", "B", "N"])
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 def test_gradcheck_soft_mask_threshold(mode: str, kind: str, similarity: str) -> None:
-    """Soft mask: the loss is differentiable in k (SPEC §2), checked jointly with the embeddings."""
+    """Soft mask, exact derivative: the loss is differentiable in k (SPEC §2), checked jointly with the embeddings."""
     b = 3
     z1, z2 = views(b, 4)
     base = thresholds_with_margin(z1, z2, similarity)
@@ -101,6 +111,7 @@ def test_gradcheck_soft_mask_threshold(mode: str, kind: str, similarity: str) ->
             false_negatives=mode,
             mask="soft",
             mask_temperature=0.3,
+            mask_gradient="full",
             reduction="none",
         )
 
@@ -119,14 +130,14 @@ def test_hard_mask_gives_threshold_no_gradient(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("mask", MASKS)
-def test_upstream_gradient_other_than_one(mode: str, mask: str) -> None:
+@pytest.mark.parametrize("mask, mask_gradient", MASK_VARIANTS)
+def test_upstream_gradient_other_than_one(mode: str, mask: str, mask_gradient: str) -> None:
     """Scalar loss: backward(c) scales the gradient by c. Rows: backward(g) is Σ_i g_i ∇ℓ_i,
     with each ∇ℓ_i from its own one-hot backward, and equals the oracle's."""
     b = 4
     z1, z2 = views(b, 5)
-    k = thresholds_with_margin(z1, z2, "cos").requires_grad_(mask == "soft" and mode != "keep")
-    kw = dict(false_negatives=mode, mask=mask, temperature=0.3, mask_temperature=0.1)
+    k = thresholds_with_margin(z1, z2, "cos").requires_grad_(threshold_has_gradient(mode, mask, mask_gradient))
+    kw = dict(false_negatives=mode, mask=mask, temperature=0.3, mask_temperature=0.1, mask_gradient=mask_gradient)
 
     def grads(fn) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
         a1, a2 = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
@@ -160,13 +171,17 @@ def test_upstream_gradient_other_than_one(mode: str, mask: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("mask", MASKS)
-def test_row_chunking_does_not_change_results(mode: str, mask: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mask, mask_gradient", MASK_VARIANTS)
+def test_row_chunking_does_not_change_results(
+    mode: str, mask: str, mask_gradient: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The reference path processes rows in chunks; odd chunk sizes give the same loss and gradients."""
     b = 13
     z1, z2 = views(b, 6)
-    k = (0.2 + 0.2 * torch.randn(2 * b, dtype=torch.float64)).requires_grad_(mask == "soft")
-    kw = dict(false_negatives=mode, mask=mask, temperature=0.2, reduction="none")
+    k = (0.2 + 0.2 * torch.randn(2 * b, dtype=torch.float64)).requires_grad_(
+        threshold_has_gradient(mode, mask, mask_gradient)
+    )
+    kw = dict(false_negatives=mode, mask=mask, temperature=0.2, reduction="none", mask_gradient=mask_gradient)
     g = torch.randn(2 * b, dtype=torch.float64)
 
     def run() -> list[torch.Tensor]:
@@ -184,18 +199,20 @@ def test_row_chunking_does_not_change_results(mode: str, mask: str, monkeypatch:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
-@pytest.mark.parametrize("mode, mask", list(itertools.product(MODES, MASKS)))
+@pytest.mark.parametrize("mode, mask, mask_gradient", [(m, *v) for m, v in itertools.product(MODES, MASK_VARIANTS)])
 @pytest.mark.parametrize("similarity", SIMILARITIES)
-def test_half_precision_tau_001_is_finite(dtype: torch.dtype, mode: str, mask: str, similarity: str) -> None:
+def test_half_precision_tau_001_is_finite(
+    dtype: torch.dtype, mode: str, mask: str, mask_gradient: str, similarity: str
+) -> None:
     """τ = 0.01 in float16/bfloat16 (logits up to 100·‖z‖²): no NaN or inf in loss or gradients,
     and both still agree with the float64 oracle on the same rounded inputs."""
     b, d = 16, 8
     z1, z2 = views(b, d, dtype)
     z1.requires_grad_(True)
     z2.requires_grad_(True)
-    soft_k = mask == "soft" and mode != "keep"
+    soft_k = threshold_has_gradient(mode, mask, mask_gradient)
     k = torch.full((b,), 0.3 if similarity == "cos" else 2.0, dtype=dtype, requires_grad=soft_k)
-    kw = dict(temperature=0.01, similarity=similarity, false_negatives=mode, mask=mask)
+    kw = dict(temperature=0.01, similarity=similarity, false_negatives=mode, mask=mask, mask_gradient=mask_gradient)
     rows = adaptive_info_nce(z1, z2, k, reduction="none", **kw)
     assert rows.dtype == torch.float32
     assert bool(torch.isfinite(rows).all()), rows
@@ -221,17 +238,19 @@ def test_half_precision_tau_001_is_finite(dtype: torch.dtype, mode: str, mask: s
     ids=["float16", "bfloat16", "float32", "float64"],
 )
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("mask", MASKS)
-def test_small_tau_dissimilar_partner_gradients_finite(dtype: torch.dtype, mode: str, mask: str) -> None:
+@pytest.mark.parametrize("mask, mask_gradient", MASK_VARIANTS)
+def test_small_tau_dissimilar_partner_gradients_finite(
+    dtype: torch.dtype, mode: str, mask: str, mask_gradient: str
+) -> None:
     """Adversarial τ = 0.01 case: each row's partner is its antipode (s = -1) and both candidates
     are orthogonal (s = 0), so the left-out self logit 1/τ exceeds the row's log-sum-exp by ~100;
     anything computing e^{l - lse} on masked-out columns overflows. Loss and gradients must stay
     finite and equal the oracle's."""
     eye = torch.eye(2, dtype=torch.float64)
     z1, z2 = eye.to(dtype).clone().requires_grad_(True), (-eye).to(dtype).clone().requires_grad_(True)
-    soft_k = mask == "soft" and mode != "keep"
+    soft_k = threshold_has_gradient(mode, mask, mask_gradient)
     k = torch.tensor(0.5, dtype=torch.float64, requires_grad=soft_k)
-    kw = dict(temperature=0.01, false_negatives=mode, mask=mask)
+    kw = dict(temperature=0.01, false_negatives=mode, mask=mask, mask_gradient=mask_gradient)
     loss = adaptive_info_nce(z1, z2, k, **kw)
     assert bool(torch.isfinite(loss))
     loss.backward()
@@ -247,14 +266,22 @@ def test_small_tau_dissimilar_partner_gradients_finite(dtype: torch.dtype, mode:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("mode", THRESHOLD_MODES)
-def test_soft_mask_weight_underflow(dtype: torch.dtype, mode: str) -> None:
+@pytest.mark.parametrize("mask_gradient", ["labels", "full"])
+def test_soft_mask_weight_underflow(dtype: torch.dtype, mode: str, mask_gradient: str) -> None:
     """Soft mask, dot similarity, τ = 0.01, β = 0.05: row 0 (z = 2) has its partner at s = 2 and a
     candidate at s = 6 with k = 0, so ν = sigmoid(-120) underflows in float32 while its term
     ν e^{l} = e^{600 - 120} still dominates e^{l_p} = e^{200}: the exact drop loss of row 0 is
     ≈ 280, not the 0 one gets by letting ν round to 0 (log ν must be formed as logsigmoid)."""
     z1 = torch.tensor([[2.0], [3.0]], dtype=dtype, requires_grad=True)
     z2 = torch.tensor([[1.0], [0.5]], dtype=dtype, requires_grad=True)
-    kw = dict(temperature=0.01, similarity="dot", false_negatives=mode, mask="soft", mask_temperature=0.05)
+    kw = dict(
+        temperature=0.01,
+        similarity="dot",
+        false_negatives=mode,
+        mask="soft",
+        mask_temperature=0.05,
+        mask_gradient=mask_gradient,
+    )
     rows = adaptive_info_nce(z1, z2, 0.0, reduction="none", **kw)
     o1 = z1.detach().double().requires_grad_(True)
     o2 = z2.detach().double().requires_grad_(True)

@@ -20,6 +20,9 @@ from adaptive_contrastive.functional import adaptive_info_nce
 
 MODES = ("keep", "drop", "attract", "relabel")
 MASKS = ("hard", "soft")
+# The masks of the oracle comparisons: "soft-full" is the soft mask's exact derivative (mask_gradient="full"),
+# the only one that gives the threshold a gradient.
+MASK_VARIANTS = ("hard", "soft", "soft-full")
 
 temperatures = st.one_of(
     st.sampled_from([0.01, 0.1, 1.0, 100.0]),
@@ -92,6 +95,7 @@ def _check_against_oracle(
     dtype: torch.dtype,
     check_grads: bool,
 ) -> None:
+    mask, _, exact = mask.partition("-")
     kw = dict(
         temperature=tau,
         similarity=similarity,
@@ -99,8 +103,9 @@ def _check_against_oracle(
         positive_weight=alpha,
         mask=mask,
         mask_temperature=0.25,
+        mask_gradient="full" if exact else "labels",
     )
-    soft_k = isinstance(k, torch.Tensor) and mask == "soft" and mode != "keep" and check_grads
+    soft_k = isinstance(k, torch.Tensor) and mask == "soft" and bool(exact) and mode != "keep" and check_grads
     z1, z2 = z1.detach(), z2.detach()
     a1 = z1.to(dtype).clone().requires_grad_(check_grads)
     a2 = z2.to(dtype).clone().requires_grad_(check_grads)
@@ -133,7 +138,7 @@ def _check_against_oracle(
     batch=integer_batches(),
     data=st.data(),
     mode=st.sampled_from(MODES),
-    mask=st.sampled_from(MASKS),
+    mask=st.sampled_from(MASK_VARIANTS),
     tau=temperatures,
     alpha=st.sampled_from([0.0, 0.5, 0.8, 1.0]),
     dtype=st.sampled_from([torch.float64, torch.float32]),
@@ -160,7 +165,7 @@ def _check_against_oracle(
 def test_integer_dot_matches_oracle(batch, data, mode, mask, tau, alpha, dtype) -> None:  # noqa: ANN001
     z1, z2 = batch
     sims = _exact_similarities(z1, z2, "dot")
-    offset = 0.1 if mask == "soft" else 0.0
+    offset = 0.0 if mask == "hard" else 0.1
     k = 6.0 if data is None else data.draw(thresholds_from(sims, z1.shape[0], offset))  # 6 = s between rows 1, 2
     _check_against_oracle(z1, z2, k, "dot", mode, mask, tau, alpha, dtype, check_grads=True)
 
@@ -169,14 +174,14 @@ def test_integer_dot_matches_oracle(batch, data, mode, mask, tau, alpha, dtype) 
     batch=axis_batches(),
     data=st.data(),
     mode=st.sampled_from(MODES),
-    mask=st.sampled_from(MASKS),
+    mask=st.sampled_from(MASK_VARIANTS),
     tau=temperatures,
     dtype=st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16]),
 )
 def test_axis_aligned_cos_matches_oracle(batch, data, mode, mask, tau, dtype) -> None:  # noqa: ANN001
     z1, z2 = batch
     sims = _exact_similarities(z1, z2, "cos")
-    k = data.draw(thresholds_from(sims, z1.shape[0], 0.1 if mask == "soft" else 0.0))
+    k = data.draw(thresholds_from(sims, z1.shape[0], 0.0 if mask == "hard" else 0.1))
     has_zero_row = bool((torch.cat([z1, z2]).abs().sum(1) == 0).any())
     # The oracle's gradient at a zero vector is 0·∞ (its norm's derivative); compare values only
     # there, and gradients in float64/float32 elsewhere (half gradients are rounded to 3 digits).
@@ -186,7 +191,9 @@ def test_axis_aligned_cos_matches_oracle(batch, data, mode, mask, tau, dtype) ->
         # A zero row's exact gradient is 1/1e-8 times the gradient w.r.t. ẑ (SPEC §1's max(‖z‖, 1e-8)):
         # finite in float32/float64/bfloat16, but beyond float16's range (65504), so not checked there.
         a1, a2 = z1.to(dtype).clone().requires_grad_(True), z2.to(dtype).clone().requires_grad_(True)
-        adaptive_info_nce(a1, a2, k, temperature=tau, false_negatives=mode, mask=mask).backward()
+        mask_only, _, exact = mask.partition("-")
+        kw = dict(mask=mask_only, mask_gradient="full" if exact else "labels")
+        adaptive_info_nce(a1, a2, k, temperature=tau, false_negatives=mode, **kw).backward()
         assert bool(torch.isfinite(a1.grad).all()) and bool(torch.isfinite(a2.grad).all())
 
 

@@ -21,6 +21,8 @@ from adaptive_contrastive.reference import LossSettings, dense_rows, masked_info
 
 MODES = ("drop", "attract", "relabel")
 MASKS = ("hard", "soft")
+# "soft-full": the soft mask's exact derivative (mask_gradient="full"), the only one that reaches the threshold.
+MASK_VARIANTS = ("hard", "soft", "soft-full")
 B = 6
 
 
@@ -56,14 +58,21 @@ def leaf(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "mode, mask, pattern, with_threshold",
-    [(m, k, p, t) for m, k, p, t in itertools.product(MODES, MASKS, PATTERNS, (True, False)) if t or k == "hard"],
+    [
+        (m, k, p, t)
+        for m, k, p, t in itertools.product(MODES, MASK_VARIANTS, PATTERNS, (True, False))
+        if t or k == "hard"
+    ],
 )
 def test_labels_match_oracle(mode: str, mask: str, pattern: str, with_threshold: bool) -> None:
-    """Rows and gradients (non-unit upstream, the threshold's too under the soft mask) equal the oracle."""
+    """Rows and gradients (non-unit upstream; the threshold's too under the soft mask's exact derivative)
+    equal the oracle."""
     z1, z2 = views()
     labels = label_pattern(pattern)
     k = per_row_threshold(z1, z2) if with_threshold else None
-    kw = dict(temperature=0.4, false_negatives=mode, mask=mask, mask_temperature=0.1)
+    mask, _, exact = mask.partition("-")
+    gradient = "full" if exact else "labels"
+    kw = dict(temperature=0.4, false_negatives=mode, mask=mask, mask_temperature=0.1, mask_gradient=gradient)
     a1, a2, o1, o2 = leaf(z1), leaf(z2), leaf(z1), leaf(z2)
     ka = leaf(k) if k is not None else None
     ko = leaf(k) if k is not None else None
@@ -75,10 +84,12 @@ def test_labels_match_oracle(mode: str, mask: str, pattern: str, with_threshold:
     want.backward(upstream)
     torch.testing.assert_close(a1.grad, o1.grad, atol=1e-10, rtol=1e-9)
     torch.testing.assert_close(a2.grad, o2.grad, atol=1e-10, rtol=1e-9)
-    if ka is not None and mask == "soft":
+    if ka is not None and mask == "soft" and exact:
         # all-equal labels leave the threshold unused: the oracle then has no gradient for it at all
         want_k = ko.grad if ko.grad is not None else torch.zeros_like(ko)
         torch.testing.assert_close(ka.grad, want_k, atol=1e-10, rtol=1e-9)
+    elif ka is not None:
+        assert ka.grad is None, "only the soft mask's exact derivative reaches the threshold"
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -236,7 +247,7 @@ def test_module_keep_rejects_labels() -> None:
 
 
 def test_module_labels_gradients_reach_the_threshold_net_under_soft_mask() -> None:
-    loss_fn = AdaptiveInfoNCE(dim=5, warmup_epochs=0, mask="soft", temperature=0.5)
+    loss_fn = AdaptiveInfoNCE(dim=5, warmup_epochs=0, mask="soft", mask_gradient="full", temperature=0.5)
     z1, z2 = views(dtype=torch.float32)
     loss_fn(z1, z2, labels=label_pattern("groups")).backward()
     grads = [p.grad for p in loss_fn.threshold_net.parameters()]  # type: ignore[union-attr]

@@ -379,8 +379,12 @@ def test_hard_mask_threshold_net_has_no_gradient_before_a_target() -> None:
 
 
 @pytest.mark.parametrize("mode", ["drop", "attract", "relabel"])
-def test_soft_mask_trains_threshold_net_through_the_loss(mode: str) -> None:
-    loss_fn = AdaptiveInfoNCE(dim=D, mask="soft", false_negatives=mode, reg_weight=0.2, temperature=0.5)
+@pytest.mark.parametrize("mask_gradient", ["labels", "full"])
+def test_soft_mask_threshold_net_gradient(mode: str, mask_gradient: str) -> None:
+    """The soft mask's exact derivative trains the ThresholdNet through the loss too; the default "labels"
+    leaves it to L_reg, as the hard mask does. Either way g's input is detached: no path through g to z."""
+    kw = dict(mask="soft", false_negatives=mode, temperature=0.5, mask_gradient=mask_gradient)
+    loss_fn = AdaptiveInfoNCE(dim=D, reg_weight=0.2, **kw)
     with_target(loss_fn)
     with torch.no_grad():
         loss_fn.threshold_net.head.weight.normal_(std=0.3)
@@ -394,13 +398,88 @@ def test_soft_mask_trains_threshold_net_through_the_loss(mode: str) -> None:
     net.zero_grad()
     a1 = z1.detach().clone().requires_grad_(True)
     k = net(a1.detach())
-    manual = adaptive_info_nce(a1, z2, k, mask="soft", false_negatives=mode, temperature=0.5)
+    through_loss = k if mask_gradient == "full" else k.detach()
+    manual = adaptive_info_nce(a1, z2, through_loss, **kw)
     manual = manual + 0.2 * ((k.double() - loss_fn.k_bar) ** 2).mean()
     manual.backward()
     assert sum(float(g.abs().sum()) for g in got) > 0
     for g, p in zip(got, net.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad, atol=1e-7, rtol=1e-5)
-    torch.testing.assert_close(got_z, a1.grad, atol=1e-12, rtol=1e-10)  # no path through g to z
+    torch.testing.assert_close(got_z, a1.grad, atol=1e-12, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# collapse warning
+# ---------------------------------------------------------------------------------------------
+
+
+def run_epoch(loss_fn: AdaptiveInfoNCE, thresholds: list[float]) -> list[warnings.WarningMessage]:
+    """One epoch, one step per threshold (set on the module as its fixed threshold); returns what
+    `end_epoch` warned."""
+    for k in thresholds:
+        loss_fn.fixed_threshold = k
+        loss_fn(*views(b=8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss_fn.end_epoch()
+    return caught
+
+
+@pytest.mark.parametrize("mode", ["drop", "attract", "relabel"])
+@pytest.mark.parametrize("mask", ["hard", "soft"])
+def test_warns_when_most_candidates_are_flagged_for_a_whole_epoch(mode: str, mask: str) -> None:
+    loss_fn = AdaptiveInfoNCE(threshold=-2.0, false_negatives=mode, mask=mask, warmup_epochs=0)
+    caught = run_epoch(loss_fn, [-2.0, -2.0, -2.0])  # k below every similarity: all flagged
+    assert len(caught) == 1 and issubclass(caught[0].category, UserWarning)
+    message = str(caught[0].message)
+    assert "epoch 1" in message and "50%" in message and "3 training steps" in message and repr(mode) in message
+    assert caught[0].filename == __file__  # attributed to the caller of end_epoch
+    # one step of the next epoch below the share: no warning for that epoch; an epoch without steps: none
+    assert run_epoch(loss_fn, [-2.0, 2.0, -2.0]) == []
+    assert run_epoch(loss_fn, []) == []
+
+
+def test_no_collapse_warning_below_the_share_in_eval_or_when_disabled() -> None:
+    assert run_epoch(AdaptiveInfoNCE(threshold=2.0, warmup_epochs=0), [2.0, 2.0]) == []  # nothing flagged
+    disabled = AdaptiveInfoNCE(threshold=-2.0, warmup_epochs=0, collapse_share=None)
+    assert run_epoch(disabled, [-2.0, -2.0]) == []
+    evaluating = AdaptiveInfoNCE(threshold=-2.0, warmup_epochs=0).eval()
+    assert run_epoch(evaluating, [-2.0, -2.0]) == []
+    # the share is configurable, and counts suspects only (known positives are no collapse)
+    caught = run_epoch(AdaptiveInfoNCE(threshold=0.0, warmup_epochs=0, collapse_share=0.01), [-2.0])
+    assert len(caught) == 1 and "1%" in str(caught[0].message)
+    labelled = AdaptiveInfoNCE(threshold=2.0, warmup_epochs=0)
+    for _ in range(2):
+        labelled(*views(b=8), labels=torch.zeros(8, dtype=torch.int64))  # every candidate a known positive
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labelled.end_epoch()
+    assert caught == []
+
+
+def test_collapse_warning_reads_the_device_only_in_end_epoch() -> None:
+    """The forward adds no device read for the warning (counted as aten._local_scalar_dense calls)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountReads(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            if func is torch.ops.aten._local_scalar_dense.default:
+                self.reads += 1
+            return func(*args, **(kwargs or {}))
+
+    z1, z2 = views(b=8)
+    counts = {}
+    for share in (0.5, None):
+        loss_fn = AdaptiveInfoNCE(threshold=-2.0, warmup_epochs=0, collapse_share=share)
+        loss_fn(z1, z2)
+        with CountReads() as counter:
+            loss_fn(z1, z2)
+        counts[share] = counter.reads
+    assert counts[0.5] == counts[None]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Covers every mode of SPEC §3 (keep, drop, attract, relabel), hard and soft masks (§2), cos and
 dot similarity (§1), thresholds as float / 0-d / (B,) / (N,), reductions mean / sum / none and
 input dtypes float16 / bfloat16 / float32 / float64: loss values and gradients (autograd through
-the oracle), including the threshold's gradient under the soft mask.
+the oracle), including the threshold's gradient under the soft mask's exact derivative
+(``mask_gradient="full"``) and its absence under the default ``"labels"``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from adaptive_contrastive.functional import adaptive_info_nce
 MODES = ("keep", "drop", "attract", "relabel")
 THRESHOLD_MODES = ("drop", "attract", "relabel")
 MASKS = ("hard", "soft")
+# (mask, mask_gradient): the hard mask, and the soft mask under both of its derivatives.
+MASK_GRADIENTS = (("hard", "labels"), ("soft", "labels"), ("soft", "full"))
 SIMILARITIES = ("cos", "dot")
 THRESHOLD_KINDS = ("float", "0d", "B", "N")
 REDUCTIONS = ("mean", "sum", "none")
@@ -70,16 +73,26 @@ def leaf(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "mode, mask, similarity, kind",
-    list(itertools.product(MODES, MASKS, SIMILARITIES, THRESHOLD_KINDS)),
+    "mode, mask_and_gradient, similarity, kind",
+    list(itertools.product(MODES, MASK_GRADIENTS, SIMILARITIES, THRESHOLD_KINDS)),
 )
-def test_rows_and_gradients_match_oracle(mode: str, mask: str, similarity: str, kind: str) -> None:
+def test_rows_and_gradients_match_oracle(
+    mode: str, mask_and_gradient: tuple[str, str], similarity: str, kind: str
+) -> None:
     """Row losses, and gradients for a non-unit upstream gradient, equal the oracle in float64."""
     b, d = 5, 6
+    mask, mask_gradient = mask_and_gradient
     z1, z2 = make_views(b, d)
     k = make_threshold(kind, z1, z2, similarity)
-    kw = dict(temperature=0.3, similarity=similarity, false_negatives=mode, mask=mask, mask_temperature=0.1)
-    soft_k = isinstance(k, torch.Tensor) and mask == "soft"
+    kw = dict(
+        temperature=0.3,
+        similarity=similarity,
+        false_negatives=mode,
+        mask=mask,
+        mask_temperature=0.1,
+        mask_gradient=mask_gradient,
+    )
+    soft_k = isinstance(k, torch.Tensor) and mask == "soft" and mask_gradient == "full"
 
     a1, a2 = leaf(z1), leaf(z2)
     ka = leaf(k) if isinstance(k, torch.Tensor) else k
@@ -102,7 +115,7 @@ def test_rows_and_gradients_match_oracle(mode: str, mask: str, similarity: str, 
         assert bool(ka.grad.abs().sum() > 0), "the soft mask must give k a gradient"
         torch.testing.assert_close(ka.grad, ko.grad, atol=1e-10, rtol=1e-9)
     elif isinstance(ka, torch.Tensor):
-        # hard mask (and keep): k gets no gradient from the loss (SPEC §2)
+        # hard mask, soft mask differentiated through its labels (and keep): k gets no gradient from the loss
         assert ka.grad is None or bool((ka.grad == 0).all())
 
 
@@ -197,7 +210,7 @@ def test_mask_temperature_matches_oracle(beta: float, mode: str) -> None:
     z1, z2 = make_views(4, 3)
     k = leaf(make_threshold("N", z1, z2, "cos"))
     ko = leaf(k)
-    kw = dict(false_negatives=mode, mask="soft", mask_temperature=beta)
+    kw = dict(false_negatives=mode, mask="soft", mask_temperature=beta, mask_gradient="full")
     got = adaptive_info_nce(z1, z2, k, **kw)
     want = oracle_loss(z1, z2, ko, **kw)
     torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)

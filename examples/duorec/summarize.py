@@ -91,18 +91,26 @@ def configuration(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     views other than CL4SRec's)."""
     config = {**LATER_DEFAULTS, **config}
     ignored = set(NOT_CONFIGURATION)
+    config = {**config, "mask_gradient": mask_gradient(config)}
     if config["dataset"] != "synthetic":  # the generator's knobs
         ignored |= {name for name in config if name.startswith("synthetic_")}
     if config["loss"] != "adaptive":
         ignored |= {"mask", "threshold_arch", "threshold_input", "warmup_epochs"}
         if config["known_positives"] == "none":
             ignored.add("false_negatives")
+    if config["loss"] != "adaptive" or config.get("mask", "hard") == "hard":
+        ignored.add("mask_gradient")
     if config["loss"] == "none":
         ignored |= {"contrast", "similarity", "temperature", "lmd", "known_positives", "false_negatives"}
         ignored |= CL4SREC_SETTINGS
     if config.get("contrast") != "cl4srec":
         ignored |= CL4SREC_SETTINGS
     return tuple(sorted((k, v) for k, v in config.items() if k not in ignored))
+
+
+def mask_gradient(config: dict[str, Any]) -> str:
+    """How a soft mask was differentiated; runs from before ``--mask-gradient`` existed used the exact derivative."""
+    return config.get("mask_gradient", "full")
 
 
 def label(config: dict[str, Any]) -> str:
@@ -123,7 +131,10 @@ def label(config: dict[str, Any]) -> str:
     elif config["loss"] == "duorec":
         name = f"DuoRec ({', '.join([config['contrast'], config['similarity'], *extra])})"
     else:
-        parts = [config["false_negatives"], config["mask"], config["threshold_arch"], config["similarity"], *extra]
+        mask = config["mask"]
+        if mask == "soft" and mask_gradient(config) == "full":
+            mask = "soft with its exact gradient"
+        parts = [config["false_negatives"], mask, config["threshold_arch"], config["similarity"], *extra]
         name = f"AdaptiveRec ({config['contrast']}, {', '.join(parts)})"
     if config["recipe"] != "default":
         name += f", {config['recipe']} recipe"

@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -110,6 +111,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "intent = the true latent intent (synthetic data only: the oracle)",
     )
     p.add_argument("--mask", choices=("hard", "soft"), default="hard")
+    p.add_argument(
+        "--mask-gradient",
+        choices=("labels", "full"),
+        default="labels",
+        help="how the soft mask is differentiated: labels (the threshold learns from L_reg alone) or full "
+        "(the exact derivative, which collapses the threshold; reproduces e6-soft-0)",
+    )
     p.add_argument(
         "--threshold-arch",
         choices=("set", "flat", "authors"),
@@ -270,6 +278,7 @@ def build_loss(args: argparse.Namespace, dim: int, gather: bool = False) -> Adap
         similarity=args.similarity,
         false_negatives=args.false_negatives,
         mask=args.mask,
+        mask_gradient=args.mask_gradient,
         warmup_epochs=args.warmup_epochs,
         gather_distributed=gather,
         **recipes.adaptive_loss_options(args),
@@ -472,10 +481,19 @@ class Trainer:
             if self.deadline is not None and time.perf_counter() > self.deadline:
                 self.out_of_time = True  # --time-budget: this (partial) epoch is validated, then training stops
                 break
+        caught: list[warnings.WarningMessage] = []
         if self.loss_fn is not None:
-            self.loss_fn.end_epoch()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.loss_fn.end_epoch()
+            if self.ranks.main:
+                for warning in caught:  # e.g. the loss's collapse warning: kept in results.json and shown
+                    tqdm.write(f"warning: {warning.message}")
         self.ranks.average_meter(meter)
-        return meter.summary()
+        summary: dict[str, Any] = dict(meter.summary())
+        if caught:
+            summary["warnings"] = [str(warning.message) for warning in caught]
+        return summary
 
     def _record(
         self,

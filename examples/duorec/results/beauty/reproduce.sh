@@ -23,7 +23,9 @@ done
 
 # Ablation, one seed, 6 epochs: the main runs' three configurations at this budget, DuoRec with the
 # cosine similarity of AdaptiveRec (a control), then one change to AdaptiveRec per row, and the
-# authors' code's mode (relabel) with DuoRec's dot similarity.
+# authors' code's mode (relabel) with DuoRec's dot similarity. The soft mask twice: e6-soft-0 with its exact
+# derivative (the only one when it ran: its threshold collapsed), e6-soft-labels-0 with the default, through the
+# soft labels only (examples/duorec/README.md, "The soft mask").
 A="--contrast us_x --seed 0 --epochs 6"
 train --loss none                                     --seed 0 --epochs 6 --out runs/beauty/e6-sasrec-0
 train --loss duorec   $A                                              --out runs/beauty/e6-duorec-0
@@ -31,7 +33,8 @@ train --loss duorec   $A --similarity cos                             --out runs
 train --loss adaptive $A                                              --out runs/beauty/e6-adaptive-0
 train --loss adaptive $A --false-negatives drop                       --out runs/beauty/e6-drop-0
 train --loss adaptive $A --false-negatives relabel                    --out runs/beauty/e6-relabel-0
-train --loss adaptive $A --mask soft                                  --out runs/beauty/e6-soft-0
+train --loss adaptive $A --mask soft --mask-gradient full              --out runs/beauty/e6-soft-0
+train --loss adaptive $A --mask soft                                  --out runs/beauty/e6-soft-labels-0
 train --loss adaptive $A --threshold-arch flat                        --out runs/beauty/e6-flat-0
 train --loss adaptive $A --similarity dot                             --out runs/beauty/e6-dot-0
 train --loss adaptive $A --similarity dot --false-negatives relabel   --out runs/beauty/e6-relabel-dot-0
