@@ -230,6 +230,25 @@ def _false_negative_block(
     return phi
 
 
+def _comparable_labels(row_labels: Tensor, column_labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Labels as small integers in `dtype`, so that a block compares them in its own floating dtype (an int64
+    comparison written into a float block takes a slow casting path on CPUs, several times the cost of the
+    float one). Dense ranks of the labels, computed without data-dependent shapes; unknown labels (< 0) must
+    match nothing, so rows get -1 and columns -2. Falls back to the integers when the ranks would not be
+    exact in `dtype`."""
+    n_rows = row_labels.shape[0]
+    if n_rows + column_labels.shape[0] > 2 / torch.finfo(dtype).eps:
+        return torch.where(row_labels < 0, -1, row_labels), torch.where(column_labels < 0, -2, column_labels)
+    both = torch.cat([row_labels, column_labels])
+    ordered, order = torch.sort(both)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    ranks = torch.empty_like(both, dtype=dtype).scatter_(0, order, starts.cumsum(0).to(dtype))
+    ranks = torch.where(both < 0, -1.0, ranks)
+    rows, columns = ranks[:n_rows], ranks[n_rows:]
+    return rows, torch.where(columns < 0, -2.0, columns)
+
+
 def _hard_forward(
     q: Tensor,
     k: Tensor,
@@ -250,15 +269,12 @@ def _hard_forward(
     fn_count = q.new_zeros(n)
     phi_logit_sum = q.new_zeros(n)
     if row_labels is not None and column_labels is not None:
-        # Unknown labels (< 0) must match nothing: rows get -1, columns -2.
-        row_labels = torch.where(row_labels < 0, -1, row_labels)
-        column_labels = torch.where(column_labels < 0, -2, column_labels)
+        row_labels, column_labels = _comparable_labels(row_labels, column_labels, q.dtype)
     # keep compares nothing with a threshold, so 1/τ can be folded into q (one pass less per block).
     q_in = q if handles_fn else q * inv_tau
     step = _row_chunk(n, n_cols)
-    # Buffers reused by every chunk: φ, κ and the product φ·s (allocating them per chunk costs more
-    # than filling them on a CPU).
-    work = q.new_empty((3, min(step, n), n_cols)) if handles_fn else None
+    # Buffers reused by every chunk: φ and κ (allocating them per chunk costs more than filling them on a CPU).
+    work = q.new_empty((2, min(step, n), n_cols)) if handles_fn else None
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         p_sl, s_sl = partner[sl], self_index[sl]
@@ -280,12 +296,12 @@ def _hard_forward(
             fn_count[sl] = phi.sum(1)
             if settings.soft_labels:
                 assert work is not None
-                phi_logit_sum[sl] = torch.mul(phi, sims, out=work[2, : len(rows)]).sum(1) * inv_tau
+                phi_logit_sum[sl] = torch.linalg.vecdot(phi, sims) * inv_tau
             if settings.masks_denominator:
                 sims.add_(phi, alpha=-_masked_offset(sims.dtype))
         sims[rows, s_sl] = float("-inf")
         row_max = sims.amax(1, keepdim=True)
-        shifted = sims.sub_(row_max)
+        shifted = sims.sub_(row_max)  # exact (Sterbenz) before the scaling, which must not round it away
         if handles_fn:
             shifted.mul_(inv_tau).clamp_min_(_EXP_FLOOR)
             row_max = row_max * inv_tau

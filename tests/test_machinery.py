@@ -151,7 +151,8 @@ def test_torch_func_grad_equals_autograd(mode: str, mask: str) -> None:
     ],
 )
 def test_second_order_gradients_are_exact(mode: str, mask: str, similarity: str, labelled: bool) -> None:
-    """gradgradcheck in float64 on the reference backend, the soft mask's threshold included."""
+    """gradgradcheck in float64 on the reference backend, the soft mask's threshold included (its exact
+    derivative, mask_gradient="full": the default "labels" is by design not the derivative of the loss)."""
     g = torch.Generator().manual_seed(4)
     z1 = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
     z2 = (z1.detach() + 0.5 * torch.randn(5, 3, dtype=torch.float64, generator=g)).requires_grad_(True)
@@ -161,11 +162,29 @@ def test_second_order_gradients_are_exact(mode: str, mask: str, similarity: str,
     def loss(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return adaptive_info_nce(
             a, b, t, false_negatives=mode, mask=mask, similarity=similarity, temperature=0.5,
-            mask_temperature=0.3, labels=labels, backend="reference", reduction="none",
+            mask_temperature=0.3, labels=labels, backend="reference", reduction="none", mask_gradient="full",
         )  # fmt: skip
 
     assert gradcheck(loss, (z1, z2, k))
     assert gradgradcheck(loss, (z1, z2, k))
+
+
+@pytest.mark.parametrize("mode", ["drop", "attract", "relabel"])
+def test_soft_mask_label_gradient_is_the_same_under_create_graph(mode: str) -> None:
+    """mask_gradient="labels" is not a derivative of the loss, so no gradcheck: the differentiable backward
+    taken under create_graph must give the fused backward's first-order gradients, and no gradient to k."""
+    g = torch.Generator().manual_seed(5)
+    z1 = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    z2 = (z1.detach() + 0.5 * torch.randn(6, 4, dtype=torch.float64, generator=g)).requires_grad_(True)
+    k = torch.full((6,), 0.1, dtype=torch.float64, requires_grad=True)
+    loss = adaptive_info_nce(
+        z1, z2, k, false_negatives=mode, mask="soft", mask_temperature=0.2, temperature=0.5, backend="reference"
+    )
+    plain = torch.autograd.grad(loss, [z1, z2], retain_graph=True)
+    graph = torch.autograd.grad(loss, [z1, z2], create_graph=True)
+    for p, q in zip(plain, graph, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.grad(loss, k, allow_unused=True, materialize_grads=True)[0].abs().max() == 0
 
 
 def test_create_graph_first_order_equals_plain_backward() -> None:
