@@ -270,6 +270,11 @@ def windows(steps: list[dict[str, float]], count: int = 4) -> list[dict[str, Any
     return out
 
 
+def columns(steps: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Per-step records stored column by column (one list per value)."""
+    return {name: [s[name] for s in steps] for name in steps[0]} if steps else {}
+
+
 def soft_training(args: argparse.Namespace, state: dict[str, Any], mode: str, formulation: str) -> dict[str, Any]:
     """Soft-mask epochs from the warm-up state, recording the pull at every step."""
     trainer = restore(trainer_for(args, mode, args.steps, formulation), state)
@@ -280,7 +285,7 @@ def soft_training(args: argparse.Namespace, state: dict[str, Any], mode: str, fo
         summary = trainer.train_epoch()
         trainer.epoch += 1
         epochs.append({key: summary.get(key) for key in EPOCH_KEYS} | {"warnings": summary.get("warnings", [])})
-    return {"epochs": epochs, "windows": windows(recorder.steps), "steps": recorder.steps}
+    return {"epochs": epochs, "windows": windows(recorder.steps), "steps": columns(recorder.steps)}
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -370,6 +375,21 @@ def report(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rounded(value: Any, digits: int = 4) -> Any:
+    """`value` with every float rounded to `digits` decimals (the per-step records are long)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(rounded(result), separators=(",", ":")) + "\n")
+
+
 def write_report(out: Path) -> None:
     results = [json.loads(p.read_text()) for p in sorted(out.glob("pull-*.json"))]
     results.sort(key=lambda r: r["dataset"] != "synthetic")
@@ -410,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
             result["training"][f"{mode}/{formulation}"] = soft_training(args, state, mode, formulation)
             print(f"{mode}/{formulation} done after {time.perf_counter() - start:.0f}s", flush=True)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    (out / f"pull-{args.dataset}.json").write_text(json.dumps(result, indent=1))
+    write_json(result, out / f"pull-{args.dataset}.json")
     write_report(out)
 
 
