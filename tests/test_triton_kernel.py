@@ -175,9 +175,7 @@ def test_soft_mask_gradients(mode: str, mask_gradient: str, labelled: bool, devi
     if labelled:  # groups of three rows share a label (both views alike)
         groups = (torch.arange(n, device=device) % (n // 2)) // 3
         labels = (groups, groups)
-    got = assert_matches_reference(
-        z, k, thresholds_in_gaps(z, k, 0.7), partner, self_index, settings, labels=labels
-    )
+    got = assert_matches_reference(z, k, thresholds_in_gaps(z, k, 0.7), partner, self_index, settings, labels=labels)
     assert (got[4] is None) == (mask_gradient == "labels")
 
 

@@ -158,8 +158,14 @@ def test_labels_any_integer_range() -> None:
     mask_gradient=st.sampled_from(("labels", "full")),
     with_threshold=st.booleans(),
 )
-def test_labels_hypothesis(  # noqa: PLR0913
-    b: int, alphabet: int, data, mode: str, mask: str, mask_gradient: str, with_threshold: bool  # noqa: ANN001
+def test_labels_hypothesis(
+    b: int,
+    alphabet: int,
+    data,  # noqa: ANN001
+    mode: str,
+    mask: str,
+    mask_gradient: str,
+    with_threshold: bool,
 ) -> None:
     labels = torch.tensor(data.draw(st.lists(st.integers(-1, alphabet - 1), min_size=b, max_size=b)), device=DEVICE)
     z1, z2 = views(b, 3)

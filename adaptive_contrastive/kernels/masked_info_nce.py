@@ -494,7 +494,9 @@ def backward_launches(
     }  # fmt: skip
     scalars = _scalars(settings)
     constexprs = {
-        **_flags(settings, ops), "EXACT_MASK_GRAD": _exact_mask_gradient(settings, ops), **_plan_constexprs(plan)
+        **_flags(settings, ops),
+        "EXACT_MASK_GRAD": _exact_mask_gradient(settings, ops),
+        **_plan_constexprs(plan),
     }
     dq_args = {
         **common, "DQ": grad_q, "DTHR": grad_thr, "Nq": nq, "Nk": nk, "stride": plan.stride,
