@@ -151,7 +151,8 @@ def test_torch_func_grad_equals_autograd(mode: str, mask: str) -> None:
     ],
 )
 def test_second_order_gradients_are_exact(mode: str, mask: str, similarity: str, labelled: bool) -> None:
-    """gradgradcheck in float64 on the reference backend, the soft mask's threshold included."""
+    """gradgradcheck in float64 on the reference backend, the soft mask's threshold included (its exact
+    derivative, mask_gradient="full": the default "labels" is by design not the forward's derivative)."""
     g = torch.Generator().manual_seed(4)
     z1 = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
     z2 = (z1.detach() + 0.5 * torch.randn(5, 3, dtype=torch.float64, generator=g)).requires_grad_(True)
@@ -161,7 +162,7 @@ def test_second_order_gradients_are_exact(mode: str, mask: str, similarity: str,
     def loss(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return adaptive_info_nce(
             a, b, t, false_negatives=mode, mask=mask, similarity=similarity, temperature=0.5,
-            mask_temperature=0.3, labels=labels, backend="reference", reduction="none",
+            mask_temperature=0.3, labels=labels, backend="reference", reduction="none", mask_gradient="full",
         )  # fmt: skip
 
     assert gradcheck(loss, (z1, z2, k))
