@@ -105,10 +105,6 @@ def _score_rows(
     column_labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     labels = {} if row_labels is None else {"row_labels": row_labels, "column_labels": column_labels}
-    if backend == "triton" and settings.mask == "soft" and not settings.exact_mask_gradient:
-        # The fused kernel differentiates the soft mask exactly; until it implements mask_gradient="labels"
-        # that formulation runs on the reference backend (same results, dense N×N memory).
-        backend = "reference"
     if backend == "triton":
         from .kernels import triton_masked_info_nce_rows
 

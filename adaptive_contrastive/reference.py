@@ -75,8 +75,8 @@ class LossSettings:
     positive_weight: float
     mask: str
     mask_temperature: float
-    # The public API passes "labels"; "full" here keeps direct constructions (the fused kernel's tests) on the
-    # exact derivative, which is what the Triton kernel computes until it implements "labels".
+    # The public API passes "labels" (its default); "full", the exact derivative, stays the default of direct
+    # constructions, which the backends' tests and benchmarks use. Both backends implement both.
     mask_gradient: str = "full"
 
     @property

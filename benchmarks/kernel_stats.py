@@ -39,7 +39,10 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's launcher defa
 
 # dtype names: the input dtype, and for float32 the tensor-core precision (3xTF32 by default).
 DTYPES = ("float32", "float32-tf32", "float32-ieee", "bfloat16", "float16")
-MODES = ("attract-hard", "attract-soft", "keep-hard", "attract-labels")
+# "-soft" is the soft mask's exact derivative (mask_gradient="full"), "-soft-labelgrad" the public default
+# (mask_gradient="labels": no denominator term, no threshold gradient); "-labels" is the hard mask with known
+# positives (labels=).
+MODES = ("attract-hard", "attract-soft", "attract-soft-labelgrad", "keep-hard", "attract-labels")
 N_PROFILE = 16384
 
 SMS = 132
@@ -66,7 +69,9 @@ def _settings(mode: str) -> tuple[Any, bool, bool]:
 
     fn, _, mask = mode.partition("-")
     labels = mask == "labels"
-    return LossSettings(0.1, fn, 0.5, "hard" if labels else mask, 0.05), True, labels
+    mask, _, gradient = mask.partition("-")
+    mask_gradient = "labels" if gradient == "labelgrad" else "full"
+    return LossSettings(0.1, fn, 0.5, "hard" if labels else mask, 0.05, mask_gradient), True, labels
 
 
 def launches(dtype_name: str, d: int, mode: str, n: int = N_PROFILE) -> list[Any]:
@@ -242,7 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON record per line instead of tables")
     parser.add_argument("--dims", default="64,128,256", help="comma-separated D")
     parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, from {','.join(DTYPES)}")
-    parser.add_argument("--modes", default="attract-hard,attract-soft", help=f"comma-separated, from {','.join(MODES)}")
+    parser.add_argument(
+        "--modes",
+        default="attract-hard,attract-soft,attract-soft-labelgrad",
+        help=f"comma-separated, from {','.join(MODES)}",
+    )
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
     parser.add_argument("--out", help="also write the JSON records to this file")
     parser.add_argument(

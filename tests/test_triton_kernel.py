@@ -41,9 +41,16 @@ def device() -> torch.device:
     return torch.device("cuda" if ON_CUDA else "cpu")
 
 
-def settings_for(mode: str, mask: str = "hard", temperature: float = 0.3, beta: float = 0.1) -> LossSettings:
+def settings_for(
+    mode: str, mask: str = "hard", temperature: float = 0.3, beta: float = 0.1, mask_gradient: str = "full"
+) -> LossSettings:
     return LossSettings(
-        temperature=temperature, false_negatives=mode, positive_weight=0.5, mask=mask, mask_temperature=beta
+        temperature=temperature,
+        false_negatives=mode,
+        positive_weight=0.5,
+        mask=mask,
+        mask_temperature=beta,
+        mask_gradient=mask_gradient,
     )
 
 
@@ -69,8 +76,12 @@ def run_backend(fn, q, k, thr, partner, self_index, settings, upstream, labels=N
 NAMES = ("rows", "false_negatives", "dq", "dk", "dthr")
 
 
-def assert_matches_reference(q, k, thr, partner, self_index, settings, *, atol=2e-5, rtol=2e-4, ref_dtype=None):
-    """Triton vs reference: row losses, F, dq, dk and (soft mask) dthr, with a non-unit upstream gradient."""
+def assert_matches_reference(
+    q, k, thr, partner, self_index, settings, *, atol=2e-5, rtol=2e-4, ref_dtype=None, labels=None
+):
+    """Triton vs reference: row losses, F, dq, dk and (soft mask) dthr, with a non-unit upstream gradient.
+
+    dthr is None on both sides where the reference gives the thresholds no gradient."""
     upstream = torch.randn(q.shape[0], device=q.device)
     ref_dtype = ref_dtype or q.dtype
     ref = run_backend(
@@ -82,8 +93,9 @@ def assert_matches_reference(q, k, thr, partner, self_index, settings, *, atol=2
         self_index,
         settings,
         upstream,
+        labels,
     )
-    got = run_backend(triton_masked_info_nce_rows, q, k, thr, partner, self_index, settings, upstream)
+    got = run_backend(triton_masked_info_nce_rows, q, k, thr, partner, self_index, settings, upstream, labels)
     for name, r, g in zip(NAMES, ref, got, strict=True):
         if r is None:
             assert g is None, name
@@ -144,6 +156,27 @@ def test_matches_reference(mode: str, mask: str, similarity: str, device: torch.
     rows, counts, *_ = assert_matches_reference(z, k, thr, partner, self_index, settings_for(mode, mask))
     if mode != "keep" and mask == "hard":
         assert 0 < float(counts.sum()) < n * (n - 2)  # the mask really splits the candidates
+
+
+@pytest.mark.parametrize("labelled", (False, True))
+@pytest.mark.parametrize("mask_gradient", ("labels", "full"))
+@pytest.mark.parametrize("mode", ("drop", "attract", "relabel"))
+def test_soft_mask_gradients(mode: str, mask_gradient: str, labelled: bool, device: torch.device) -> None:
+    # Both ways of differentiating the soft mask: "labels" (the public default) holds ν fixed in the
+    # denominator and gives the thresholds no gradient (None, as on the reference backend); "full" is the
+    # exact derivative, dthr included. 48 rows: three 16-wide tiles per sweep, one of them "fast" for
+    # the first row block. Default precision (3xTF32, emulated here).
+    n, d = 48, 6
+    z = embeddings(n, d, device)
+    k = embed(z + 0.3 * torch.randn_like(z), "cos")
+    partner, self_index = single_process_layout(n, device)
+    settings = settings_for(mode, "soft", beta=0.2, mask_gradient=mask_gradient)
+    labels = None
+    if labelled:  # groups of three rows share a label (both views alike)
+        groups = (torch.arange(n, device=device) % (n // 2)) // 3
+        labels = (groups, groups)
+    got = assert_matches_reference(z, k, thresholds_in_gaps(z, k, 0.7), partner, self_index, settings, labels=labels)
+    assert (got[4] is None) == (mask_gradient == "labels")
 
 
 @pytest.mark.parametrize(("mode", "mask"), [("attract", "soft"), ("drop", "hard")])
@@ -333,10 +366,13 @@ def test_fp32_precision_default_rule(monkeypatch: pytest.MonkeyPatch) -> None:
         kernel_module.fp32_precision()
 
 
-@pytest.mark.parametrize(("mode", "mask"), [("attract", "soft"), ("keep", "hard"), ("drop", "hard")])
+@pytest.mark.parametrize(
+    ("mode", "mask", "mask_gradient"),
+    [("attract", "soft", "full"), ("drop", "soft", "labels"), ("keep", "hard", "full"), ("drop", "hard", "full")],
+)
 @pytest.mark.parametrize(("dtype", "atol", "rtol"), [(torch.bfloat16, 3e-2, 3e-2), (torch.float16, 5e-3, 5e-3)])
 def test_low_precision_inputs(
-    dtype: torch.dtype, atol: float, rtol: float, mode: str, mask: str, device: torch.device
+    dtype: torch.dtype, atol: float, rtol: float, mode: str, mask: str, mask_gradient: str, device: torch.device
 ) -> None:
     # The reference runs in float32 on the very same (rounded) values: the scores then agree to
     # float32 round-off and only the gradients carry the 16-bit rounding of ∂ℓ/∂s and of the output.
@@ -345,8 +381,8 @@ def test_low_precision_inputs(
     partner, self_index = single_process_layout(n, device)
     thr = thresholds_for(n, device)
     rows, counts, dq, dk, _ = assert_matches_reference(
-        z, z.flip(0), thr, partner, self_index, settings_for(mode, mask), atol=atol, rtol=rtol,
-        ref_dtype=torch.float32,
+        z, z.flip(0), thr, partner, self_index, settings_for(mode, mask, mask_gradient=mask_gradient),
+        atol=atol, rtol=rtol, ref_dtype=torch.float32,
     )  # fmt: skip
     assert rows.dtype == torch.float32  # accumulated and returned in float32
     assert dq.dtype == dtype and dk.dtype == dtype
@@ -433,6 +469,32 @@ def test_functional_api(reduction: str, device: torch.device) -> None:
         )
         (loss if reduction == "mean" else loss * torch.linspace(0.5, 2.0, 2 * b, device=device)).sum().backward()
         results[backend] = (loss.detach(), *(t.grad for t in leaves))
+    for r, g in zip(results["reference"], results["triton"], strict=True):
+        torch.testing.assert_close(g, r, atol=2e-5, rtol=2e-4)
+
+
+def test_soft_mask_default_gradient_runs_the_kernel(device: torch.device, monkeypatch: pytest.MonkeyPatch) -> None:
+    # mask="soft" with the default mask_gradient="labels" runs on the fused kernel, not on the dense
+    # reference path; the threshold gets no gradient, as on the reference backend.
+    import adaptive_contrastive.functional as functional
+
+    b, d = 9, 6
+    z1, z2 = torch.randn(b, d, device=device), torch.randn(b, d, device=device)
+    thr = torch.rand(b, device=device) * 0.4 - 0.1
+    kw = dict(temperature=0.2, mask="soft", mask_temperature=0.1, false_negatives="attract")
+    results = {}
+    for backend in ("reference", "triton"):
+        if backend == "triton":
+
+            def dense_path(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+                raise AssertionError("the soft mask ran on the reference backend")
+
+            monkeypatch.setattr(functional, "masked_info_nce_rows", dense_path)
+        leaves = [t.clone().requires_grad_() for t in (z1, z2, thr)]
+        loss = adaptive_info_nce(*leaves, backend=backend, **kw)
+        loss.backward()
+        assert leaves[2].grad is None
+        results[backend] = (loss.detach(), leaves[0].grad, leaves[1].grad)
     for r, g in zip(results["reference"], results["triton"], strict=True):
         torch.testing.assert_close(g, r, atol=2e-5, rtol=2e-4)
 

@@ -42,7 +42,8 @@ def trained() -> AdaptiveInfoNCE:
     return loss_fn
 
 
-def test_the_kernels_are_registered_custom_operators() -> None:
+@pytest.mark.parametrize("mask_gradient", ["labels", "full"])
+def test_the_kernels_are_registered_custom_operators(mask_gradient: str) -> None:
     """opcheck: schema, fake (shape) functions and the autograd registration agree with the kernels."""
     z1, z2 = views()
     z = torch.cat([z1, z2]).detach().requires_grad_(True)
@@ -52,7 +53,7 @@ def test_the_kernels_are_registered_custom_operators() -> None:
     thresholds = torch.full((n,), 0.1, device=DEVICE, requires_grad=True)
     labels = (index % B) // 3
     args = (z, z.detach().clone().requires_grad_(True), thresholds, partner, self_index, labels, labels.clone())
-    scalars = (0.3, "attract", 0.5, "soft", 0.1)
+    scalars = (0.3, "attract", 0.5, "soft", 0.1, mask_gradient)
     torch.library.opcheck(
         torch.ops.adaptive_contrastive.masked_info_nce.default,
         (*args, *scalars),
@@ -84,6 +85,25 @@ def test_compiled_triton_loss_equals_eager() -> None:
         if step == 0:
             eager.end_epoch()
             compiled_module.end_epoch()
+
+
+def test_compiled_soft_mask_equals_eager() -> None:
+    """The soft mask's default gradient through torch.compile: the threshold gets none (its empty
+    gradient travels through the operators' shape functions), and the rest equals eager mode."""
+
+    def loss(z1: torch.Tensor, z2: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return adaptive_info_nce(z1, z2, k, mask="soft", backend="triton")
+
+    z1, z2 = views()
+    k = torch.full((B,), 0.2, device=DEVICE, requires_grad=True)
+    eager = loss(z1, z2, k)
+    eager_grads = torch.autograd.grad(eager, [z1, z2, k], allow_unused=True)
+    compiled = torch.compile(loss, backend="aot_eager")(z1, z2, k)
+    compiled_grads = torch.autograd.grad(compiled, [z1, z2, k], allow_unused=True)
+    torch.testing.assert_close(compiled, eager)
+    assert eager_grads[2] is None
+    for x, y in zip(eager_grads, compiled_grads, strict=True):
+        torch.testing.assert_close(y, x)
 
 
 @pytest.mark.parametrize("mask", ["hard", "soft"])

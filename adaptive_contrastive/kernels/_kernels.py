@@ -113,11 +113,11 @@ def _dq_tile(q_hi, q_lo, Q, QL, K, KL, COL_LABEL, row0, col0, d0, Nq, Nk, stride
              partner, self_idx, thr, thr_m, rl, lse2, coef_p, coef_y, coef_d, sigma, centre,
              scale2, mask_scale2, inv_tau, dq, dthr,
              HANDLES_FN: tl.constexpr, HAS_THRESHOLD: tl.constexpr, HARD_MASK: tl.constexpr, HAS_LABELS: tl.constexpr,
-             MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr,
+             MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr, EXACT_MASK_GRAD: tl.constexpr,
              SPLIT: tl.constexpr, PRECISION: tl.constexpr, EMULATE_TF32: tl.constexpr,
              NUM_CHUNKS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              OUT_D: tl.constexpr, CHECK_CAND: tl.constexpr):
-    """dQ (and Σ βD) of one column tile against the program's rows."""
+    """dQ (and, with the exact soft-mask gradient, Σ βD) of one column tile against the program's rows."""
     offs_n = col0 + tl.arange(0, BLOCK_N)
     s, k_hi, k_lo = scores(q_hi, q_lo, Q, QL, K, KL, row0, col0, Nq, Nk, stride,
                            BLOCK_M, BLOCK_N, BLOCK_D, NUM_CHUNKS, CHECK_CAND, SPLIT, False, PRECISION, EMULATE_TF32)
@@ -133,14 +133,15 @@ def _dq_tile(q_hi, q_lo, Q, QL, K, KL, COL_LABEL, row0, col0, d0, Nq, Nk, stride
     ds, dmask = grad_tile(s, thr[:, None], thr_m[:, None], kappa, cand, lse2[:, None], coef_p[:, None],
                           coef_y[:, None], coef_d[:, None], sigma[:, None], centre[:, None],
                           scale2, mask_scale2, inv_tau,
-                          HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS, CHECK_CAND)
+                          HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS, EXACT_MASK_GRAD,
+                          CHECK_CAND)
     if NUM_CHUNKS > 1 or OUT_D < BLOCK_D:  # the slice of K that this program's slice of dQ needs
         k_hi = load_rows(K + d0, col0, Nk, stride, BLOCK_N, OUT_D, CHECK_CAND)
         k_lo = k_hi
         if SPLIT:
             k_lo = load_rows(KL + d0, col0, Nk, stride, BLOCK_N, OUT_D, CHECK_CAND)
     dq = grad_dot(ds, k_hi, k_lo, dq, SPLIT, PRECISION, EMULATE_TF32)
-    if not HARD_MASK:
+    if not HARD_MASK and EXACT_MASK_GRAD:
         dthr += tl.sum(dmask, 1)
     return dq, dthr
 
@@ -154,6 +155,7 @@ def _bwd_dq_kernel(
     scale2, mask_scale2, inv_tau, inv_beta,
     HANDLES_FN: tl.constexpr, HAS_THRESHOLD: tl.constexpr, HARD_MASK: tl.constexpr, HAS_LABELS: tl.constexpr,
     MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr,
+    EXACT_MASK_GRAD: tl.constexpr,  # soft mask: mask_gradient="full" (D's denominator part and dt)
     SPLIT: tl.constexpr, PRECISION: tl.constexpr, EMULATE_TF32: tl.constexpr,
     NUM_CHUNKS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     OUT_D: tl.constexpr,  # width of this program's slice of dQ
@@ -203,20 +205,20 @@ def _bwd_dq_kernel(
         dq, dthr = _dq_tile(q_hi, q_lo, Q, QL, K, KL, COL_LABEL, row0, col0, d0, Nq, Nk, stride,
                             partner, self_idx, thr, thr_m, rl, lse2, coef_p, coef_y, coef_d, sigma, centre,
                             scale2, mask_scale2, inv_tau, dq, dthr,
-                            HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS,
+                            HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS, EXACT_MASK_GRAD,
                             SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, OUT_D, False)
     for t in range(n_fast, n_fast + len0 + len1 + tl.cdiv(Nk, BLOCK_N) - n_full):
         col0 = tile_start(t, n_fast, lo0, len0, lo1, len1, n_full, BLOCK_N)
         dq, dthr = _dq_tile(q_hi, q_lo, Q, QL, K, KL, COL_LABEL, row0, col0, d0, Nq, Nk, stride,
                             partner, self_idx, thr, thr_m, rl, lse2, coef_p, coef_y, coef_d, sigma, centre,
                             scale2, mask_scale2, inv_tau, dq, dthr,
-                            HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS,
+                            HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS, EXACT_MASK_GRAD,
                             SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, OUT_D, True)
     dq = dq * tl.load(OUT_SCALE)
     offs_d = d0 + tl.arange(0, OUT_D)
     tl.store(DQ + row0.to(tl.int64) * stride + (tl.arange(0, BLOCK_M)[:, None] * stride + offs_d[None, :]),
              dq, mask=row_ok[:, None])
-    if not HARD_MASK:
+    if not HARD_MASK and EXACT_MASK_GRAD:  # the threshold's gradient (mask_gradient="full" only)
         if tl.program_id(1) == 0:
             tl.store(DTHR + offs_m, dthr * inv_beta, mask=row_ok)
 
@@ -232,7 +234,7 @@ def _load_row_term(PTR, offs_m, row_ok, other, MASKED: tl.constexpr):
 def _dk_tile(k_hi, k_lo, Q, QL, K, KL, THR, PARTNER, SELF, ROW_LABEL, LSE2, COEF_P, COEF_Y, COEF_D, SIGMA, CENTRE,
              row0, col0, d0, Nq, Nk, stride, cl, scale2, mask_scale2, inv_tau, dk,
              HANDLES_FN: tl.constexpr, HAS_THRESHOLD: tl.constexpr, HARD_MASK: tl.constexpr, HAS_LABELS: tl.constexpr,
-             MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr,
+             MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr, EXACT_MASK_GRAD: tl.constexpr,
              SPLIT: tl.constexpr, PRECISION: tl.constexpr, EMULATE_TF32: tl.constexpr,
              NUM_CHUNKS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              OUT_D: tl.constexpr, CHECK_CAND: tl.constexpr):
@@ -269,7 +271,8 @@ def _dk_tile(k_hi, k_lo, Q, QL, K, KL, THR, PARTNER, SELF, ROW_LABEL, LSE2, COEF
         kappa = cl[:, None] == _load_row_term(ROW_LABEL, offs_m, row_ok, -2, CHECK_CAND)[None, :]
     ds, _ = grad_tile(s, thr[None, :], thr_m[None, :], kappa, cand, lse2[None, :], coef_p[None, :], coef_y[None, :],
                       coef_d[None, :], sigma[None, :], centre[None, :], scale2, mask_scale2, inv_tau,
-                      HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS, CHECK_CAND)
+                      HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS, EXACT_MASK_GRAD,
+                      CHECK_CAND)
     if NUM_CHUNKS > 1 or OUT_D < BLOCK_D:
         q_hi = load_rows(Q + d0, row0, Nq, stride, BLOCK_M, OUT_D, CHECK_CAND)
         q_lo = q_hi
@@ -288,6 +291,7 @@ def _bwd_dk_kernel(
     scale2, mask_scale2, inv_tau,
     HANDLES_FN: tl.constexpr, HAS_THRESHOLD: tl.constexpr, HARD_MASK: tl.constexpr, HAS_LABELS: tl.constexpr,
     MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr,
+    EXACT_MASK_GRAD: tl.constexpr,  # soft mask: mask_gradient="full" (D's denominator part and dt)
     SPLIT: tl.constexpr, PRECISION: tl.constexpr, EMULATE_TF32: tl.constexpr,
     NUM_CHUNKS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     OUT_D: tl.constexpr,  # width of this program's slice of dK
@@ -326,13 +330,13 @@ def _bwd_dk_kernel(
         row0 = tile_start(t, n_fast, lo0, len0, lo1, len1, n_full, BLOCK_M)
         dk = _dk_tile(k_hi, k_lo, Q, QL, K, KL, THR, PARTNER, SELF, ROW_LABEL, LSE2, COEF_P, COEF_Y, COEF_D, SIGMA,
                       CENTRE, row0, col0, d0, Nq, Nk, stride, cl, scale2, mask_scale2, inv_tau, dk,
-                      HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS,
+                      HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS, EXACT_MASK_GRAD,
                       SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, OUT_D, False)
     for t in range(n_fast, n_fast + len0 + len1 + tl.cdiv(Nq, BLOCK_M) - n_full):
         row0 = tile_start(t, n_fast, lo0, len0, lo1, len1, n_full, BLOCK_M)
         dk = _dk_tile(k_hi, k_lo, Q, QL, K, KL, THR, PARTNER, SELF, ROW_LABEL, LSE2, COEF_P, COEF_Y, COEF_D, SIGMA,
                       CENTRE, row0, col0, d0, Nq, Nk, stride, cl, scale2, mask_scale2, inv_tau, dk,
-                      HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS,
+                      HANDLES_FN, HAS_THRESHOLD, HARD_MASK, HAS_LABELS, MASKS_DENOM, SOFT_LABELS, EXACT_MASK_GRAD,
                       SPLIT, PRECISION, EMULATE_TF32, NUM_CHUNKS, BLOCK_D, BLOCK_M, BLOCK_N, OUT_D, True)
     dk = dk * tl.load(OUT_SCALE)
     offs_d = d0 + tl.arange(0, OUT_D)

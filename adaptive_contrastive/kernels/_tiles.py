@@ -228,11 +228,14 @@ def grad_tile(s, thr_b, thr_m_b, kappa, cand, lse2_b, coef_p_b, coef_y_b, coef_d
               scale2, mask_scale2, inv_tau,
               HANDLES_FN: tl.constexpr, HAS_THRESHOLD: tl.constexpr, HARD_MASK: tl.constexpr,
               HAS_LABELS: tl.constexpr, MASKS_DENOM: tl.constexpr, SOFT_LABELS: tl.constexpr,
-              CHECK_CAND: tl.constexpr):
+              EXACT_MASK_GRAD: tl.constexpr, CHECK_CAND: tl.constexpr):
     """The scaled gradient tile coef·∂ℓ/∂s = coef_p P - coef_y φ - coef_d βD, and βD (soft mask).
 
-    Orientation-free: every per-row term arrives broadcast along the columns of the tile ([M, 1]
-    in the row-major dQ kernel, [1, M] in the dK kernel's transposed tile)."""
+    EXACT_MASK_GRAD (soft mask): βD holds the denominator's part P φ (drop/attract) besides the
+    labels' σ (l - c) ν φ; without it (mask_gradient="labels") the denominator holds ν constant
+    and βD is the labels' part alone. Orientation-free: every per-row term arrives broadcast along
+    the columns of the tile ([M, 1] in the row-major dQ kernel, [1, M] in the dK kernel's
+    transposed tile)."""
     z = s * scale2 - lse2_b
     wscale = 1.0
     if HANDLES_FN:
@@ -256,9 +259,10 @@ def grad_tile(s, thr_b, thr_m_b, kappa, cand, lse2_b, coef_p_b, coef_y_b, coef_d
             else:
                 ds -= phi * coef_y_b
         if not HARD_MASK:
-            if MASKS_DENOM:
+            if MASKS_DENOM and EXACT_MASK_GRAD:
                 dmask += p * phi
             if SOFT_LABELS:
                 dmask += sigma_b * (s * inv_tau - centre_b) * nu * phi
-            ds -= dmask * coef_d_b
+            if SOFT_LABELS or (MASKS_DENOM and EXACT_MASK_GRAD):  # (drop, "labels": D = 0)
+                ds -= dmask * coef_d_b
     return ds, dmask

@@ -19,6 +19,10 @@
 #   c_i = l_p + [F_i > 1] (Φ_i - F_i l_p)/F_i
 #   ∂ℓ_i/∂t_i = Σ_C D_j
 #   dQ = G K,  dK = Gᵀ Q,  dt = g ⊙ Σ_C D   with G_ij = g_i ∂ℓ_i/∂s_ij
+# That is the exact derivative (mask_gradient="full"). With mask_gradient="labels" (the public default)
+# the softmax denominator holds ν constant and t is a constant of the loss: D_j keeps only its labels'
+# part [attract/relabel] σ_i (l_j - c_i) ν_j φ_j / β, and there is no dt. The backward kernels take
+# this as the compile-time flag EXACT_MASK_GRAD; the forward is the same for both.
 #
 # How the kernels keep the tile loops short (each claim is checked in SASS by benchmarks/kernel_stats.py):
 # - The partner never enters a tile. Its logit l_p = q_i·k_p is an O(D) dot per row before the loop
@@ -322,6 +326,14 @@ def _flags(settings: LossSettings, ops: Operands) -> dict[str, Any]:
     }
 
 
+def _exact_mask_gradient(settings: LossSettings, ops: Operands) -> bool:
+    """EXACT_MASK_GRAD of the backward kernels: whether a soft mask is differentiated exactly (its
+    denominator part and the threshold's gradient). True without a soft mask, where the kernels
+    ignore it, so that hard-mask launches compile once whatever `mask_gradient` says."""
+    soft = settings.uses_threshold and settings.mask == "soft" and ops.has_threshold
+    return not soft or settings.exact_mask_gradient
+
+
 def _plan_constexprs(plan: KernelPlan) -> dict[str, Any]:
     return {
         "SPLIT": plan.split,
@@ -481,7 +493,11 @@ def backward_launches(
         "SIGMA": terms.sigma, "CENTRE": terms.centre, "OUT_SCALE": terms.out_scale,
     }  # fmt: skip
     scalars = _scalars(settings)
-    constexprs = {**_flags(settings, ops), **_plan_constexprs(plan)}
+    constexprs = {
+        **_flags(settings, ops),
+        "EXACT_MASK_GRAD": _exact_mask_gradient(settings, ops),
+        **_plan_constexprs(plan),
+    }
     dq_args = {
         **common, "DQ": grad_q, "DTHR": grad_thr, "Nq": nq, "Nk": nk, "stride": plan.stride,
         **scalars, "inv_beta": 1.0 / settings.mask_temperature,
@@ -601,16 +617,21 @@ class FusedCall:
     def soft(self) -> bool:
         return self.settings.uses_threshold and self.settings.mask == "soft" and self.ops.has_threshold
 
+    @property
+    def threshold_gradient(self) -> bool:
+        """Whether the backward writes dt: a soft mask differentiated exactly (mask_gradient="full")."""
+        return self.soft and self.settings.exact_mask_gradient
+
     def backward(self, g: Tensor) -> tuple[list[Launch], Tensor, Tensor, Tensor | None]:
         """The dQ and dK launches for upstream gradient `g` (Nq,) float32, and the float32 buffers
-        they write: dQ, dK (padded rows) and dt (soft mask only)."""
+        they write: dQ, dK (padded rows) and dt (soft mask with mask_gradient="full" only)."""
         lse, partner_logit, fn_count, phi_logit_sum = self.stats.unbind(0)
         nq, nk = self.ops.q_hi.shape[0], self.ops.k_hi.shape[0]
         terms = _row_terms(g, self.ops, lse, partner_logit, fn_count, phi_logit_sum, self.settings, self.plan)
         grad_q = torch.empty((nq, self.plan.stride), dtype=torch.float32, device=g.device)
         grad_k = torch.empty((nk, self.plan.stride), dtype=torch.float32, device=g.device)
-        grad_thr = torch.empty(nq, dtype=torch.float32, device=g.device) if self.soft else None
-        thr_out = grad_thr if grad_thr is not None else terms.lse2  # never written without a soft mask
+        grad_thr = torch.empty(nq, dtype=torch.float32, device=g.device) if self.threshold_gradient else None
+        thr_out = grad_thr if grad_thr is not None else terms.lse2  # never written without a threshold gradient
         launches = backward_launches(self.ops, terms, grad_q, grad_k, thr_out, self.settings, self.plan)
         return launches, grad_q, grad_k, grad_thr
 
@@ -711,8 +732,9 @@ def triton_masked_info_nce_rows(
         column_labels: `(Nk,)` int64 label of each column; given exactly when row_labels is.
 
     Returns:
-        `(Nq,)` row losses (differentiable w.r.t. q, k, and thresholds with the soft mask) and
-        `(Nq,)` F, without gradient.
+        `(Nq,)` row losses (differentiable w.r.t. q, k, and thresholds with the soft mask and
+        ``settings.mask_gradient == "full"``; with ``"labels"`` the thresholds get None, as on the
+        reference backend) and `(Nq,)` F, without gradient.
 
     Raises:
         ValueError, TypeError: on shapes, dtypes or devices the kernels cannot take.

@@ -35,9 +35,18 @@ def second_order_error() -> RuntimeError:
 
 
 def _settings(
-    temperature: float, false_negatives: str, positive_weight: float, mask: str, mask_temperature: float
+    temperature: float,
+    false_negatives: str,
+    positive_weight: float,
+    mask: str,
+    mask_temperature: float,
+    mask_gradient: str,
 ) -> LossSettings:
-    return LossSettings(temperature, false_negatives, positive_weight, mask, mask_temperature)
+    return LossSettings(temperature, false_negatives, positive_weight, mask, mask_temperature, mask_gradient)
+
+
+# How many scalar settings follow the tensors in both operators' arguments (see `_settings`).
+_NUM_SCALARS = 6
 
 
 def _forward(
@@ -53,9 +62,10 @@ def _forward(
     positive_weight: float,
     mask: str,
     mask_temperature: float,
+    mask_gradient: str,
 ) -> tuple[Tensor, Tensor]:
     """Row losses `(Nq,)` and the saved row statistics `(4, Nq)` (lse, l_p, F, Φ), float32."""
-    settings = _settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
+    settings = _settings(temperature, false_negatives, positive_weight, mask, mask_temperature, mask_gradient)
     call = fused.FusedCall.prepare(q, k, thresholds, partner, self_index, settings, row_labels, column_labels)
     call.forward().run()
     return row_loss(*call.stats.unbind(0), settings), call.stats
@@ -81,9 +91,11 @@ def _backward(
     positive_weight: float,
     mask: str,
     mask_temperature: float,
+    mask_gradient: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """dQ, dK (in the inputs' dtypes) and dt (float32; empty without a soft mask's threshold)."""
-    settings = _settings(temperature, false_negatives, positive_weight, mask, mask_temperature)
+    """dQ, dK (in the inputs' dtypes) and dt (float32; empty unless a soft mask's threshold is
+    differentiated, ``mask_gradient="full"``)."""
+    settings = _settings(temperature, false_negatives, positive_weight, mask, mask_temperature, mask_gradient)
     call = fused.FusedCall.prepare(q, k, thresholds, partner, self_index, settings, row_labels, column_labels)
     call.stats = stats
     launches, grad_q, grad_k, grad_thr = call.backward(g)
@@ -96,9 +108,10 @@ def _backward(
 
 
 def _backward_shapes(q: Tensor, k: Tensor, thresholds: Tensor | None, *args: Any) -> tuple[Tensor, Tensor, Tensor]:
-    settings = _settings(*args[-5:])
+    settings = _settings(*args[-_NUM_SCALARS:])
     soft = settings.uses_threshold and settings.mask == "soft" and thresholds is not None
-    return torch.empty_like(q), torch.empty_like(k), q.new_empty((q.shape[0] if soft else 0,), dtype=torch.float32)
+    n_thr = q.shape[0] if soft and settings.exact_mask_gradient else 0
+    return torch.empty_like(q), torch.empty_like(k), q.new_empty((n_thr,), dtype=torch.float32)
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
@@ -118,7 +131,7 @@ def _autograd_backward(ctx: Any, grad_rows: Tensor, _grad_stats: Tensor | None) 
         q, k, thresholds, partner, self_index, row_labels, column_labels, stats, g, *ctx.scalars
     )
     wants_thr = thresholds is not None and ctx.needs_input_grad[2] and grad_thr.numel() > 0
-    return (grad_q, grad_k, grad_thr if wants_thr else None, *([None] * 9))
+    return (grad_q, grad_k, grad_thr if wants_thr else None, *([None] * (4 + _NUM_SCALARS)))
 
 
 def _register() -> None:
@@ -160,6 +173,6 @@ def masked_info_nce(
     rows, stats = torch.ops.adaptive_contrastive.masked_info_nce(
         q, k, thresholds, partner, self_index, row_labels, column_labels,
         settings.temperature, settings.false_negatives, settings.positive_weight, settings.mask,
-        settings.mask_temperature,
+        settings.mask_temperature, settings.mask_gradient,
     )  # fmt: skip
     return rows, stats[2]
