@@ -85,6 +85,26 @@ def test_resume_refuses_different_settings(tmp_path: Path) -> None:
     run(tmp_path, "--epochs", "1", "--loss", "duorec")
     with pytest.raises(SystemExit, match="different settings"):
         run(tmp_path, "--epochs", "2", "--loss", "duorec", "--lmd", "0.5", "--resume")
+    with pytest.raises(SystemExit, match="synthetic_intents"):  # the generator's knobs make other data
+        run(tmp_path, "--epochs", "2", "--loss", "duorec", "--synthetic-intents", "8", "--resume")
+
+
+def test_resume_of_a_real_dataset_ignores_the_synthetic_knobs(tmp_path: Path) -> None:
+    """A run on a data file resumes even when its checkpoint was written before a synthetic-data knob existed
+    (or with another value of it): those knobs change nothing on a real dataset."""
+    items = [f"i{j}" for j in range(12)]
+    data = tmp_path / "Beauty.txt"  # every user has 8 of the 12 items: the 5-core filter keeps them all
+    data.write_text("".join(f"u{u} {' '.join(items[u % 4 : u % 4 + 8])}\n" for u in range(40)))
+    out = tmp_path / "run"
+    common = ["--dataset", "beauty", "--data-path", str(data), "--loss", "duorec", "--batch-size", "16"]
+    train.main([*common, "--epochs", "1", "--max-steps", "2", "--quiet", "--device", "cpu", "--out", str(out)])
+    state = torch.load(out / "last.pt", weights_only=True)
+    state["config"]["synthetic_markov"] = None  # as written by a version without --synthetic-markov
+    torch.save(state, out / "last.pt")
+    resumed = train.main(
+        [*common, "--epochs", "2", "--max-steps", "2", "--quiet", "--device", "cpu", "--out", str(out), "--resume"]
+    )
+    assert len(resumed["history"]) == 2
 
 
 @pytest.mark.parametrize(

@@ -688,10 +688,12 @@ class Trainer:
         if not isinstance(saved, dict):
             raise SystemExit(f"error: {path} holds no configuration: delete it (or pick another --out) and train again")
         defaults = vars(parse_args([]))  # settings added after the checkpoint was written had their default
+        # The synthetic generator's knobs change nothing on a real dataset.
+        unused = {k for k in now if k.startswith("synthetic_")} if now.get("dataset") != "synthetic" else set()
         changed = {
             k: (saved.get(k, defaults.get(k)), v)
             for k, v in now.items()
-            if k not in RESUMABLE and saved.get(k, defaults.get(k)) != v
+            if k not in RESUMABLE | unused and saved.get(k, defaults.get(k)) != v
         }
         if changed:
             raise SystemExit(
