@@ -146,7 +146,8 @@ def execute(run: Run, results: Path, scratch: Path, runner: list[str]) -> tuple[
     full = json.loads((out / "results.json").read_text())
     torch.set_num_threads(1)
     _, ranks = compare.run_ranks(out, "test", torch.device("cpu"))
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)  # approximate under concurrency
+    # RUSAGE_CHILDREN is process-wide: with several runs at a time this also counts the others' CPU time.
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     target = results / run.name / "results.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
@@ -328,9 +329,15 @@ def report(results: Path) -> str:
     (results / "summary.json").write_text(json.dumps(summary, indent=1))
     if found:
         figure(found, results / "study.png")
-    cpu = sum(r.get("cpu_s", 0.0) for r in found.values())
+    walls = sorted(r.get("wall_s", 0.0) for r in found.values())
     print(text)
-    print(f"{len(found)} of {len(all_runs())} runs; {cpu / 60:.0f} CPU-minutes of training in all")
+    if walls:
+        # The median, not the sum: runs that waited for a CPU slot or shared the machine took longer.
+        median = walls[len(walls) // 2]
+        print(
+            f"{len(found)} of {len(all_runs())} runs; median {median:.0f} s per run, two at a time: about "
+            f"{median * len(all_runs()) / 120:.0f} minutes for the whole study on 2 cores"
+        )
     return text
 
 
