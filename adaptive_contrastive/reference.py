@@ -238,15 +238,15 @@ def _comparable_labels(row_labels: Tensor, column_labels: Tensor, dtype: torch.d
     exact in `dtype`."""
     n_rows = row_labels.shape[0]
     if n_rows + column_labels.shape[0] > 2 / torch.finfo(dtype).eps:
-        return torch.where(row_labels < 0, -1, row_labels), torch.where(column_labels < 0, -2, column_labels)
-    both = torch.cat([row_labels, column_labels])
-    ordered, order = torch.sort(both)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    ranks = torch.empty_like(both, dtype=dtype).scatter_(0, order, starts.cumsum(0).to(dtype))
-    ranks = torch.where(both < 0, -1.0, ranks)
-    rows, columns = ranks[:n_rows], ranks[n_rows:]
-    return rows, torch.where(columns < 0, -2.0, columns)
+        rows, columns = row_labels, column_labels
+    else:
+        both = torch.cat([row_labels, column_labels])
+        ordered, order = torch.sort(both)
+        starts = torch.ones_like(ordered, dtype=torch.bool)
+        starts[1:] = ordered[1:] != ordered[:-1]
+        ranks = torch.empty_like(both, dtype=dtype).scatter_(0, order, starts.cumsum(0).to(dtype))  # from 1 up
+        rows, columns = ranks[:n_rows], ranks[n_rows:]
+    return torch.where(row_labels < 0, -1, rows), torch.where(column_labels < 0, -2, columns)
 
 
 def _hard_forward(
