@@ -43,14 +43,19 @@ temporaries of one chunk stay in cache.
 With a hard mask (or labels alone, or ``keep``) ∂ℓ/∂l = P - y does not depend on g, so the
 forward stores it (one Nq×Nk float block) and the backward is a row scaling and two matrix
 products, as cheap as plain InfoNCE's. The soft mask saves P and ν instead and recomputes the
-similarities. On CPUs ``exp`` slows down several-fold on a block with -inf scattered through it,
-so masked-out entries are pushed far below the row maximum and floored at e^{-80} instead: each
-adds less than e^{-80} to a denominator whose largest term is 1, below float32 (and float64)
-resolution of the sum.
+similarities. Masked-out entries are pushed far below the row maximum (by a finite offset, so that
+no arithmetic meets -inf - -inf), and the thresholded blocks are exponentiated in log2 units with
+``exp2``, like the Triton kernel: on CPUs ``exp`` slows down several-fold on blocks holding -inf or
+far-underflowing values, ``exp2`` does not, and those entries come out exactly 0.
+
+On a CPU the cost of these passes is mostly memory traffic, and fresh multi-megabyte temporaries
+add page faults (the kernel zeroing new pages) on top: each call allocates its chunk buffers once
+and reuses them for every chunk.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +67,7 @@ from ._modes import DENOMINATOR_MASKED, SOFT_LABELLED
 
 # Elements per dense block: 2^20 float32 values (4 MiB) keep a block in a CPU's cache.
 _BLOCK_ELEMENTS = 1 << 20
-# Floor of the shifted denominator logits (see the module docstring); e^{-80} is a normal float32.
-_EXP_FLOOR = -80.0
+_LOG2E = math.log2(math.e)
 
 
 @dataclass(frozen=True)
@@ -213,18 +217,19 @@ def _false_negative_block(
 ) -> Tensor:
     """φ of a block of similarities as 0/1 floats: above the threshold or a known positive, on C(i) only.
 
-    `out`: two buffers shaped like `sims` to write into (reused across chunks instead of allocated).
+    `out`: two buffers shaped like `sims` to write into (reused across chunks instead of allocated); φ always
+    lands in the first, so the second is free again once this returns.
     """
     phi = torch.empty_like(sims) if out is None else out[0]
+    labelled = row_labels is not None and column_labels is not None
     if thr is not None:
         torch.gt(sims, thr[:, None], out=phi)
-    if row_labels is not None and column_labels is not None:
+    if labelled and thr is None:
+        torch.eq(row_labels[:, None], column_labels[None, :], out=phi)  # type: ignore[index]
+    elif labelled:
         known = torch.empty_like(sims) if out is None else out[1]
-        torch.eq(row_labels[:, None], column_labels[None, :], out=known)
-        if thr is None:
-            phi = known
-        else:
-            torch.maximum(phi, known, out=phi)
+        torch.eq(row_labels[:, None], column_labels[None, :], out=known)  # type: ignore[index]
+        torch.maximum(phi, known, out=phi)
     phi[rows, self_index] = 0
     phi[rows, partner] = 0
     return phi
@@ -273,13 +278,15 @@ def _hard_forward(
     # keep compares nothing with a threshold, so 1/τ can be folded into q (one pass less per block).
     q_in = q if handles_fn else q * inv_tau
     step = _row_chunk(n, n_cols)
-    # Buffers reused by every chunk: φ and κ (allocating them per chunk costs more than filling them on a CPU).
-    work = q.new_empty((2, min(step, n), n_cols)) if handles_fn else None
+    # Buffers reused by every chunk: the similarities, and φ and κ (fresh blocks per chunk cost more in page faults
+    # than filling them on a CPU).
+    scratch = q.new_empty((3 if handles_fn else 1, min(step, n), n_cols))
+    work = scratch[1:] if handles_fn else None
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         p_sl, s_sl = partner[sl], self_index[sl]
         rows = torch.arange(p_sl.shape[0], device=q.device)
-        sims = q_in[sl] @ k.T  # similarities (logits for keep)
+        sims = torch.mm(q_in[sl], k.T, out=scratch[0, : sl.stop - sl.start])  # similarities (logits for keep)
         partner_logit[sl] = sims[rows, p_sl] * (inv_tau if handles_fn else 1.0)
         phi = None
         if handles_fn:
@@ -295,18 +302,23 @@ def _hard_forward(
             )
             fn_count[sl] = phi.sum(1)
             if settings.soft_labels:
+                # Σ φ_j s_j through the second buffer (κ is spent by now): a fresh product block per chunk
+                # costs more in page faults than the multiplication itself.
                 assert work is not None
-                phi_logit_sum[sl] = torch.linalg.vecdot(phi, sims) * inv_tau
+                product = torch.mul(phi, sims, out=work[1, : len(rows)])
+                phi_logit_sum[sl] = product.sum(1) * inv_tau
             if settings.masks_denominator:
                 sims.add_(phi, alpha=-_masked_offset(sims.dtype))
         sims[rows, s_sl] = float("-inf")
         row_max = sims.amax(1, keepdim=True)
         shifted = sims.sub_(row_max)  # exact (Sterbenz) before the scaling, which must not round it away
         if handles_fn:
-            shifted.mul_(inv_tau).clamp_min_(_EXP_FLOOR)
+            # In log2 units, like the Triton kernel: exp2 keeps its speed on the masked (far below) and self (-inf)
+            # columns, which come out exactly 0, where exp slows down several-fold.
+            exp = shifted.mul_(_LOG2E * inv_tau).exp2_()
             row_max = row_max * inv_tau
-        exp = shifted.exp_()
-        exp[rows, s_sl] = 0
+        else:
+            exp = shifted.exp_()  # e^{-inf} = 0 on the self column
         total = exp.sum(1, keepdim=True)
         lse[sl] = (row_max + total.log()).squeeze(1)
         block = torch.div(exp, total, out=grad_logits[sl])

@@ -22,7 +22,10 @@ Writes benchmarks/results/cpu_step/{results.json,results.md} (``--overhead``: ov
 in a rotated order, so that load from other processes hits all cases alike; the medians over
 rounds, and the median of the per-round ratios, are reported. Times are the process's CPU time
 (one thread), which load from other processes inflates far less than wall time; wall times are
-reported beside them. The cases split a step of
+reported beside them. CPU time is split into user time (the arithmetic) and system time, which is
+almost all page faults: the first touch of freshly mapped memory. How many faults a case takes
+depends on what the allocator kept from the cases before it, so the user-time ratio is the one to
+compare across versions; both are reported, with the faults per call. The cases split a step of
 `AdaptiveInfoNCE` into its parts: the batch k_stat, the ThresholdNet (forward and backward of its
 regulariser), the masked loss with fixed thresholds, and the known-positive labels.
 """
@@ -229,30 +232,43 @@ def measure_overhead(batch: int, dim: int, rounds: int, threads: int) -> dict:
     names = list(cases)
     for fn in cases.values():  # warm-up
         fn()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    walls: dict[str, list[float]] = {name: [] for name in names}
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {"cpu": [], "user": [], "system": [], "wall": [], "faults": []} for name in names
+    }
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            start, wall = time.process_time(), time.perf_counter()
+            before, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             cases[name]()
-            times[name].append(time.process_time() - start)
-            walls[name].append(time.perf_counter() - wall)
-    median = {name: 1e3 * statistics.median(v) for name, v in times.items()}
-    median_wall = {name: 1e3 * statistics.median(v) for name, v in walls.items()}
-    per_round = zip(times["adaptive"], times["keep"], strict=True)
-    ratios = {"adaptive / keep": statistics.median(a / k for a, k in per_round)}
-    if "masked_loss_labels" in times:
-        pairs = zip(times["masked_loss_labels"], times["masked_loss"], strict=True)
-        ratios["labels / no labels"] = statistics.median(a / b for a, b in pairs)
+            wall, after = time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_SELF)
+            user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+            for key, value in (("cpu", user + system), ("user", user), ("system", system), ("wall", wall)):
+                samples[name][key].append(value)
+            samples[name]["faults"].append(after.ru_minflt - before.ru_minflt)
+
+    def median_ms(key: str) -> dict[str, float]:
+        return {name: 1e3 * statistics.median(s[key]) for name, s in samples.items()}
+
+    def ratio(a: str, b: str, key: str) -> float:
+        return statistics.median(x / y for x, y in zip(samples[a][key], samples[b][key], strict=True))
+
+    ratios = {"adaptive / keep": ratio("adaptive", "keep", "cpu")}
+    user_ratios = {"adaptive / keep": ratio("adaptive", "keep", "user")}
+    if "masked_loss_labels" in samples:
+        ratios["labels / no labels"] = ratio("masked_loss_labels", "masked_loss", "cpu")
+        user_ratios["labels / no labels"] = ratio("masked_loss_labels", "masked_loss", "user")
     return {
         "B": batch,
         "D": dim,
         "threads": threads,
         "rounds": rounds,
-        "median_ms": median,
-        "median_wall_ms": median_wall,
+        "median_ms": median_ms("cpu"),
+        "median_user_ms": median_ms("user"),
+        "median_system_ms": median_ms("system"),
+        "median_wall_ms": median_ms("wall"),
+        "median_page_faults": {name: statistics.median(s["faults"]) for name, s in samples.items()},
         "ratios": ratios,
+        "user_ratios": user_ratios,
     }
 
 
@@ -261,11 +277,21 @@ def overhead_markdown(result: dict, env: dict) -> str:
         f"B = {result['B']}, D = {result['D']}, τ = {TEMPERATURE}, float32, {result['threads']} thread(s), "
         f"{result['rounds']} interleaved rounds; torch {env['torch']}, {env['processor']}.",
         "",
-        "| case | median CPU ms | median wall ms |",
-        "|---|---|---|",
-        *(f"| {name} | {ms:.1f} | {result['median_wall_ms'][name]:.1f} |" for name, ms in result["median_ms"].items()),
+        "| case | CPU ms | user ms | system ms | page faults | wall ms |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {ms:.1f} | {result['median_user_ms'][name]:.1f} | {result['median_system_ms'][name]:.1f} "
+            f"| {result['median_page_faults'][name]:.0f} | {result['median_wall_ms'][name]:.1f} |"
+            for name, ms in result["median_ms"].items()
+        ),
         "",
-        *(f"- {name}: {value:.2f}× (median of per-round CPU-time ratios)" for name, value in result["ratios"].items()),
+        "Medians over rounds; CPU = user + system.",
+        "",
+        *(
+            f"- {name}: {value:.2f}× CPU time, {result['user_ratios'][name]:.2f}× user time "
+            "(medians of per-round ratios)"
+            for name, value in result["ratios"].items()
+        ),
     ]
     return "\n".join(lines) + "\n"
 
