@@ -16,7 +16,9 @@ Usage:
     python benchmarks/bench_cpu_step.py                      # B in 256 1024 2048, D = 64
     python benchmarks/bench_cpu_step.py --batch-sizes 256 --methods adaptive lightly
     python benchmarks/bench_cpu_step.py --overhead           # adaptive vs keep, and where the difference goes
-Writes benchmarks/results/cpu_step/{results.json,results.md} (``--overhead``: overhead.{json,md}).
+    python benchmarks/bench_cpu_step.py --profile --batch-sizes 1024 --rounds 20   # the same, op by op
+Writes benchmarks/results/cpu_step/{results.json,results.md} (``--overhead``: overhead.{json,md};
+``--profile``: overhead_profile.{json,md}).
 
 ``--overhead`` runs in one process and interleaves the cases: every round times each case once,
 in a rotated order, so that load from other processes hits all cases alike; the medians over
@@ -272,6 +274,56 @@ def measure_overhead(batch: int, dim: int, rounds: int, threads: int) -> dict:
     }
 
 
+def profile_overhead(batch: int, dim: int, steps: int, threads: int) -> list[dict]:
+    """Self CPU time per step of every aten op in a `keep` and an `adaptive` step (torch.profiler), so
+    that the difference between the two shows which passes the threshold machinery adds."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    cases = overhead_cases(batch, dim)
+    per_op: dict[str, dict[str, tuple[float, float]]] = {}
+    for name in ("keep", "adaptive"):
+        for _ in range(3):  # warm-up
+            cases[name]()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                cases[name]()
+        for event in prof.key_averages():
+            if event.key.startswith("aten::"):
+                ms = event.self_cpu_time_total / 1e3 / steps
+                per_op.setdefault(event.key, {})[name] = (event.count / steps, ms)
+    rows = []
+    for op, by_case in per_op.items():
+        keep_calls, keep_ms = by_case.get("keep", (0.0, 0.0))
+        calls, ms = by_case.get("adaptive", (0.0, 0.0))
+        row = {"op": op, "keep_calls": keep_calls, "keep_ms": keep_ms, "adaptive_calls": calls, "adaptive_ms": ms}
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["keep_ms"] - r["adaptive_ms"])
+
+
+def profile_markdown(rows: list[dict], batch: int, dim: int, steps: int, env: dict) -> str:
+    keep_total = sum(r["keep_ms"] for r in rows)
+    adaptive_total = sum(r["adaptive_ms"] for r in rows)
+    lines = [
+        f"Self CPU ms per step of each aten op (torch.profiler, {steps} steps after 3 warm-up ones, which the "
+        f"profiler itself slows down), B = {batch}, D = {dim}, τ = {TEMPERATURE}, 1 thread; torch {env['torch']}, "
+        f"{env['processor']}. Ops whose difference is under 0.05 ms are left out.",
+        "",
+        "| aten op | keep: calls | keep: ms | adaptive: calls | adaptive: ms | difference ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        diff = r["adaptive_ms"] - r["keep_ms"]
+        if abs(diff) >= 0.05:
+            lines.append(
+                f"| {r['op']} | {r['keep_calls']:.0f} | {r['keep_ms']:.2f} | {r['adaptive_calls']:.0f} "
+                f"| {r['adaptive_ms']:.2f} | {diff:+.2f} |"
+            )
+    lines += ["", f"Total self time of aten ops: keep {keep_total:.1f} ms, adaptive {adaptive_total:.1f} ms."]
+    return "\n".join(lines) + "\n"
+
+
 def overhead_markdown(result: dict, env: dict) -> str:
     lines = [
         f"B = {result['B']}, D = {result['D']}, τ = {TEMPERATURE}, float32, {result['threads']} thread(s), "
@@ -306,10 +358,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "cpu_step")
     parser.add_argument("--point", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--overhead", action="store_true", help="interleaved adaptive-vs-keep breakdown instead")
-    parser.add_argument("--rounds", type=int, default=40, help="--overhead: interleaved rounds")
+    parser.add_argument(
+        "--profile", action="store_true", help="per-op profile of a keep and an adaptive step (overhead_profile.*)"
+    )
+    parser.add_argument("--rounds", type=int, default=40, help="--overhead: interleaved rounds; --profile: steps")
     parser.add_argument("--threads", type=int, default=1, help="--overhead: torch threads")
     parser.add_argument("--tag", default="", help="--overhead: suffix of the output files (e.g. before)")
     args = parser.parse_args()
+
+    if args.profile:
+        env = environment()
+        rows = profile_overhead(args.batch_sizes[0], args.dim, args.rounds, args.threads)
+        args.out.mkdir(parents=True, exist_ok=True)
+        payload = {"environment": env, "command": " ".join(sys.argv), "steps": args.rounds, "ops": rows}
+        (args.out / "overhead_profile.json").write_text(json.dumps(payload, indent=2))
+        table = profile_markdown(rows, args.batch_sizes[0], args.dim, args.rounds, env)
+        (args.out / "overhead_profile.md").write_text(table)
+        print(table)
+        return
 
     if args.overhead:
         env = environment()
