@@ -6,6 +6,7 @@ counter. The math lives in `functional`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -271,19 +272,21 @@ class AdaptiveInfoNCE(nn.Module):
         self.register_buffer("epochs_done", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("calibrated", torch.tensor(False))
         self.register_buffer("sample_step", torch.tensor(0, dtype=torch.int64))
-        self.last: Diagnostics | None = None
-        # Host-side mirrors of the buffers the forward branches on, so that it never reads a device
-        # value back; `_sync_host_state` refreshes them after `load_state_dict`.
+        # This epoch's training steps that flagged by threshold, and how many of them stayed at or below
+        # `collapse_share`: counted on the device, read once in `end_epoch`, not saved.
+        self.register_buffer("_collapse_steps", torch.zeros(2, dtype=torch.int64), persistent=False)
+        self._last: Diagnostics | None = None
+        self._last_epoch: int | None = None  # the epoch of `_last` once `end_epoch` has moved on
+        # Host-side mirrors of the buffers the forward branches on, so that it never reads a device value
+        # back; `_sync_host_state` refreshes them after `load_state_dict`. The forward reads only flags that
+        # change once or twice in a run (never a counter): torch.compile specialises on every host value
+        # the forward reads and would otherwise recompile at each new value.
         self._epochs = 0
+        self._warming_up = self.warmup_epochs > 0
         self._has_target = False
         self._calibrated = False
-        self._recorded_this_epoch = 0
         self._validated = False
         self._backends: dict[torch.device, str] = {}
-        # Training steps of this epoch that flagged by threshold (host count), and how many of them stayed at or
-        # below `collapse_share` (a device count, read once in `end_epoch`).
-        self._flagging_steps = 0
-        self._steps_below_collapse: Tensor | None = None
         self.register_load_state_dict_post_hook(_sync_host_state)
 
     # ------------------------------------------------------------------------------ state
@@ -294,6 +297,16 @@ class AdaptiveInfoNCE(nn.Module):
         return self._epochs
 
     @property
+    def last(self) -> Diagnostics | None:
+        """`Diagnostics` of the last forward call (None before the first)."""
+        if self._last is None:
+            return None
+        # The forward leaves the epoch out (reading the host counter there would make torch.compile
+        # recompile every epoch); it is the current one unless `end_epoch` has run since.
+        epoch = self._epochs + 1 if self._last_epoch is None else self._last_epoch
+        return dataclasses.replace(self._last, epoch=epoch)
+
+    @property
     def has_target(self) -> bool:
         """Whether k̄_stat exists yet."""
         return self._has_target
@@ -302,30 +315,32 @@ class AdaptiveInfoNCE(nn.Module):
         """Roll k̄_stat to the mean k_stat of the epoch just finished and count the epoch.
 
         Warns (`collapse_share`) when every training step of the epoch flagged more than that share of the
-        candidates: the one device read the module makes outside the first call.
+        candidates. Reads the epoch's step counts back from the device: the one device read the module
+        makes outside its first call.
         """
-        self._warn_if_collapsed()
-        if self.update == "epoch" and self._recorded_this_epoch > 0:
+        recorded, steps, below = torch.cat([self.k_count.reshape(1), self._collapse_steps]).tolist()
+        self._warn_if_collapsed(steps, below)
+        if self.update == "epoch" and recorded > 0:
             self.k_bar.copy_(self.k_sum / self.k_count)
             self._has_target = True
         self.k_sum.zero_()
         self.k_count.zero_()
+        self._collapse_steps.zero_()
+        if self._last is not None and self._last_epoch is None:
+            self._last_epoch = self._epochs + 1
         self.epochs_done += 1
         self._epochs += 1
-        self._recorded_this_epoch = 0
+        self._warming_up = self._epochs < self.warmup_epochs
 
     def _record_suspected_share(self, share: Tensor) -> None:
         """Count, on the device, the training steps whose suspected share stayed at or below `collapse_share`."""
         if not self.training or self.collapse_share is None:
             return
         below = (share.detach() <= self.collapse_share).to(torch.int64)
-        self._steps_below_collapse = below if self._steps_below_collapse is None else self._steps_below_collapse + below
-        self._flagging_steps += 1
+        self._collapse_steps.add_(torch.stack((torch.ones_like(below), below)))
 
-    def _warn_if_collapsed(self) -> None:
-        steps, below = self._flagging_steps, self._steps_below_collapse
-        self._flagging_steps, self._steps_below_collapse = 0, None
-        if steps == 0 or below is None or int(below) > 0:
+    def _warn_if_collapsed(self, steps: int, below: int) -> None:
+        if steps == 0 or below > 0:
             return
         s = self.settings
         warnings.warn(
@@ -348,7 +363,6 @@ class AdaptiveInfoNCE(nn.Module):
             self._has_target = True
         self.k_sum += k_stat
         self.k_count += 1
-        self._recorded_this_epoch += 1
 
     def _apply(self, fn: Any, recurse: bool = True) -> AdaptiveInfoNCE:  # type: ignore[override]
         """Move the running statistics with the module but never change their dtype: `.half()` or
@@ -444,7 +458,7 @@ class AdaptiveInfoNCE(nn.Module):
         self._record_k_stat(batch_k_stat)
 
         # Warm-up collects k_stat before a threshold that depends on it is used; labels alone need none.
-        warm = self._epochs < self.warmup_epochs and not self.labels_only
+        warm = self._warming_up and not self.labels_only
         k_learn = (
             None
             if self.threshold_net is None
@@ -486,7 +500,7 @@ class AdaptiveInfoNCE(nn.Module):
 
         known = known_positive_counts(layout)
         nan = torch.full((rows.shape[0],), float("nan"), device=rows.device)
-        self.last = Diagnostics(
+        diagnostics = Diagnostics(
             k=nan if thresholds is None else thresholds.detach(),
             k_learn=None if k_learn is None else k_learn.detach(),
             k_stat=batch_k_stat,
@@ -495,11 +509,12 @@ class AdaptiveInfoNCE(nn.Module):
             loss_learn=loss_learn.detach().mean(),
             loss_reg=loss_reg.detach(),
             mode=settings.false_negatives,
-            epoch=self._epochs + 1,
+            epoch=0,  # filled in by `last`
             known_positive_fraction=None if known is None else known.to(rows.dtype).mean() / max(global_rows - 2, 1),
         )
+        self._last, self._last_epoch = diagnostics, None
         if thresholds is not None:
-            self._record_suspected_share(self.last.suspected_fraction)
+            self._record_suspected_share(diagnostics.suspected_fraction)
         return loss
 
     def _learned_threshold(
@@ -561,6 +576,6 @@ def _sync_host_state(module: nn.Module, _incompatible: Any) -> None:
     """Refresh the host-side mirrors from loaded buffers (one read of each, at load time only)."""
     assert isinstance(module, AdaptiveInfoNCE)
     module._epochs = int(module.epochs_done)
+    module._warming_up = module._epochs < module.warmup_epochs
     module._has_target = not bool(torch.isnan(module.k_bar))
     module._calibrated = bool(module.calibrated)
-    module._recorded_this_epoch = int(module.k_count)

@@ -100,6 +100,36 @@ def test_compiled_module_equals_eager_over_an_epoch_boundary() -> None:
     assert compiled_module.epoch == eager.epoch == 2
 
 
+def test_compiled_module_does_not_recompile_once_its_state_settles() -> None:
+    """torch.compile specialises on every host value the forward reads: a counter read there (steps or
+    epochs) would recompile the module at each new value and, past the recompile limit, leave it
+    silently running eager. Only the warm-up, the target's arrival and the calibration may compile
+    a new graph, and they all happen in the first two epochs."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    loss_fn = AdaptiveInfoNCE(dim=D, temperature=0.2, backend="reference", warmup_epochs=1)
+    compiled = torch.compile(loss_fn, backend="aot_eager")
+
+    def epoch(first_seed: int) -> None:
+        for step in range(3):
+            z1, z2 = views(first_seed + step)
+            compiled(z1, z2, torch.arange(B) % 5 if step == 2 else None).backward()
+        loss_fn.end_epoch()
+
+    epoch(100)  # warm-up
+    epoch(200)  # the target exists and the ThresholdNet calibrates
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for e in range(3):
+            epoch(300 + 10 * e)
+    assert loss_fn.epoch == 5
+    last = loss_fn.last
+    assert last is not None and last.epoch == 5 and last.mode == "attract"
+    loss_fn.end_epoch()
+    assert loss_fn.last is not None and loss_fn.last.epoch == 5  # the call still belongs to epoch 5
+
+
 @pytest.mark.slow
 def test_inductor_compiles_a_training_step() -> None:
     """The default backend (Inductor, generating C++ on CPU) runs a full step and matches eager."""
