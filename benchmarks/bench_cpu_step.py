@@ -17,6 +17,7 @@ Usage:
     python benchmarks/bench_cpu_step.py --batch-sizes 256 --methods adaptive lightly
     python benchmarks/bench_cpu_step.py --overhead           # adaptive vs keep, and where the difference goes
     python benchmarks/bench_cpu_step.py --profile --batch-sizes 1024 --rounds 20   # the same, op by op
+    python benchmarks/bench_cpu_step.py --overhead --compiled --tag compiled      # with torch.compile cases too
 Writes benchmarks/results/cpu_step/{results.json,results.md} (``--overhead``: overhead.{json,md};
 ``--profile``: overhead_profile.{json,md}).
 
@@ -190,8 +191,9 @@ def to_markdown(rows: list[dict], env: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def overhead_cases(batch: int, dim: int) -> dict:  # noqa: ANN201 - name -> zero-argument step
-    """The overhead breakdown's cases on one pair of views (reference backend, τ = TEMPERATURE)."""
+def overhead_cases(batch: int, dim: int, compiled: bool = False) -> dict:  # noqa: ANN201 - name -> zero-argument step
+    """The overhead breakdown's cases on one pair of views (reference backend, τ = TEMPERATURE); with
+    `compiled`, also `keep` and `adaptive` under ``torch.compile`` (Inductor), on their own modules."""
     import torch
 
     from adaptive_contrastive import AdaptiveInfoNCE
@@ -223,16 +225,23 @@ def overhead_cases(batch: int, dim: int) -> dict:  # noqa: ANN201 - name -> zero
         cases["masked_loss_labels"] = lambda: step(adaptive_info_nce(z1, z2, k, labels=labels, **plain))
     except TypeError:  # a version without known positives
         pass
+    if compiled:
+        keep_c = torch.compile(
+            AdaptiveInfoNCE(threshold=None, false_negatives="keep", temperature=TEMPERATURE, backend="reference")
+        )
+        adaptive_c = torch.compile(_build("adaptive", dim))
+        cases["keep_compiled"] = lambda: step(keep_c(z1, z2))
+        cases["adaptive_compiled"] = lambda: step(adaptive_c(z1, z2))
     return cases
 
 
-def measure_overhead(batch: int, dim: int, rounds: int, threads: int) -> dict:
+def measure_overhead(batch: int, dim: int, rounds: int, threads: int, compiled: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    cases = overhead_cases(batch, dim)
+    cases = overhead_cases(batch, dim, compiled)
     names = list(cases)
-    for fn in cases.values():  # warm-up
+    for fn in cases.values():  # warm-up (and compilation)
         fn()
     samples: dict[str, dict[str, list[float]]] = {
         name: {"cpu": [], "user": [], "system": [], "wall": [], "faults": []} for name in names
@@ -259,6 +268,14 @@ def measure_overhead(batch: int, dim: int, rounds: int, threads: int) -> dict:
     if "masked_loss_labels" in samples:
         ratios["labels / no labels"] = ratio("masked_loss_labels", "masked_loss", "cpu")
         user_ratios["labels / no labels"] = ratio("masked_loss_labels", "masked_loss", "user")
+    if "adaptive_compiled" in samples:
+        for pair in (
+            ("adaptive_compiled", "keep_compiled"),
+            ("keep_compiled", "keep"),
+            ("adaptive_compiled", "adaptive"),
+        ):
+            ratios[" / ".join(pair)] = ratio(*pair, "cpu")
+            user_ratios[" / ".join(pair)] = ratio(*pair, "user")
     return {
         "B": batch,
         "D": dim,
@@ -361,6 +378,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="per-op profile of a keep and an adaptive step (overhead_profile.*)"
     )
+    parser.add_argument(
+        "--compiled", action="store_true", help="--overhead: also keep and adaptive under torch.compile (Inductor)"
+    )
     parser.add_argument("--rounds", type=int, default=40, help="--overhead: interleaved rounds; --profile: steps")
     parser.add_argument("--threads", type=int, default=1, help="--overhead: torch threads")
     parser.add_argument("--tag", default="", help="--overhead: suffix of the output files (e.g. before)")
@@ -379,7 +399,7 @@ def main() -> None:
 
     if args.overhead:
         env = environment()
-        result = measure_overhead(args.batch_sizes[0], args.dim, args.rounds, args.threads)
+        result = measure_overhead(args.batch_sizes[0], args.dim, args.rounds, args.threads, args.compiled)
         args.out.mkdir(parents=True, exist_ok=True)
         stem = "overhead" + (f"_{args.tag}" if args.tag else "")
         payload = {"environment": env, "command": " ".join(sys.argv), **result}
