@@ -307,8 +307,7 @@ def inputs_agreed(gathering: bool, check: Callable[[], T], z1: object, labels: o
         result = check()
     except (TypeError, ValueError) as caught:
         error = caught
-    shaped = isinstance(z1, Tensor) and z1.dim() == 2
-    rows, dim = (z1.shape[0], z1.shape[1]) if shaped else (0, 0)  # type: ignore[union-attr]
+    rows, dim = (z1.shape[0], z1.shape[1]) if isinstance(z1, Tensor) and z1.dim() == 2 else (0, 0)
     dtype = z1.dtype if isinstance(z1, Tensor) else None
     counts = distributed.agree_on_inputs(error, rows, dim, dtype, labels is not None)
     return result, counts

@@ -180,6 +180,7 @@ class AdaptiveInfoNCE(nn.Module):
     epochs_done: Tensor
     calibrated: Tensor
     sample_step: Tensor
+    _collapse_steps: Tensor
 
     def __init__(
         self,
@@ -367,7 +368,9 @@ class AdaptiveInfoNCE(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> AdaptiveInfoNCE:  # type: ignore[override]
         """Move the running statistics with the module but never change their dtype: `.half()` or
         ``.to(torch.bfloat16)`` would otherwise round k̄_stat and the epoch sums to 8 or 11 bits."""
-        kept = {name: self._buffers.pop(name) for name in _STATE_BUFFERS if self._buffers.get(name) is not None}
+        kept = {name: buffer for name in _STATE_BUFFERS if (buffer := self._buffers.get(name)) is not None}
+        for name in kept:
+            del self._buffers[name]
         try:
             super()._apply(fn, recurse)
         finally:
@@ -489,7 +492,7 @@ class AdaptiveInfoNCE(nn.Module):
             thresholds = thresholds_per_row(in_similarity, z1.shape[0], like, check_nan=k is not k_learn)
             if settings.mask == "hard" or not settings.exact_mask_gradient:
                 thresholds = thresholds.detach()
-        rows, counts = scored_rows(layout, thresholds, settings, backend)
+        rows, fn_counts = scored_rows(layout, thresholds, settings, backend)
         global_rows = layout.global_rows
 
         loss_reg = torch.zeros((), dtype=rows.dtype, device=rows.device)
@@ -505,7 +508,7 @@ class AdaptiveInfoNCE(nn.Module):
             k_learn=None if k_learn is None else k_learn.detach(),
             k_stat=batch_k_stat,
             k_bar=self.k_bar.detach().clone(),
-            false_negative_fraction=counts.mean() / max(global_rows - 2, 1),
+            false_negative_fraction=fn_counts.mean() / max(global_rows - 2, 1),
             loss_learn=loss_learn.detach().mean(),
             loss_reg=loss_reg.detach(),
             mode=settings.false_negatives,

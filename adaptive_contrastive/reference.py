@@ -221,15 +221,13 @@ def _false_negative_block(
     lands in the first, so the second is free again once this returns.
     """
     phi = torch.empty_like(sims) if out is None else out[0]
-    labelled = row_labels is not None and column_labels is not None
     if thr is not None:
         torch.gt(sims, thr[:, None], out=phi)
-    if labelled and thr is None:
-        torch.eq(row_labels[:, None], column_labels[None, :], out=phi)  # type: ignore[index]
-    elif labelled:
-        known = torch.empty_like(sims) if out is None else out[1]
-        torch.eq(row_labels[:, None], column_labels[None, :], out=known)  # type: ignore[index]
-        torch.maximum(phi, known, out=phi)
+    if row_labels is not None and column_labels is not None:
+        known = phi if thr is None else (torch.empty_like(sims) if out is None else out[1])
+        torch.eq(row_labels[:, None], column_labels[None, :], out=known)
+        if known is not phi:
+            torch.maximum(phi, known, out=phi)
     phi[rows, self_index] = 0
     phi[rows, partner] = 0
     return phi
@@ -263,7 +261,7 @@ def _hard_forward(
     settings: LossSettings,
     row_labels: Tensor | None,
     column_labels: Tensor | None,
-) -> tuple[Tensor, ...]:
+) -> tuple[Tensor | None, ...]:
     """Hard mask, labels alone, or ``keep``: row statistics and the block ∂ℓ/∂l = P - y."""
     n, n_cols = q.shape[0], k.shape[0]
     inv_tau = 1.0 / settings.temperature
@@ -342,7 +340,6 @@ def _soft_forward(
 ) -> tuple[Tensor, ...]:
     """Soft mask: row statistics, the softmax P and the mask ν (the backward needs both)."""
     n, n_cols = q.shape[0], k.shape[0]
-    labelled = row_labels is not None and column_labels is not None
     prob = q.new_empty((n, n_cols))
     nu_all = q.new_empty((n, n_cols))
     lse = q.new_empty(n)
@@ -355,7 +352,9 @@ def _soft_forward(
         p_sl, s_sl = partner[sl], self_index[sl]
         rows = torch.arange(p_sl.shape[0], device=q.device)
         logits = q[sl] @ k.T
-        known = known_positives(row_labels[sl], column_labels) if labelled else None  # type: ignore[index]
+        known = None
+        if row_labels is not None and column_labels is not None:
+            known = known_positives(row_labels[sl], column_labels)
         nu = _negative_weights(logits, thr[sl], known, rows, p_sl, s_sl, settings)
         log_nu = None
         if settings.masks_denominator:
@@ -613,7 +612,7 @@ def _differentiable_backward(
     nodes = (q_node, k_node, thr_node)
     needs = ctx.needs_input_grad[:3]
     taken = [need and t is not None and t.requires_grad for t, need in zip(nodes, needs, strict=True)]
-    wanted = [t for t, take in zip(nodes, taken, strict=True) if take]
+    wanted = [t for t, take in zip(nodes, taken, strict=True) if take and t is not None]
     grads = iter(torch.autograd.grad(rows, wanted, grad_outputs=grad_rows, create_graph=True, allow_unused=True))
     out = [next(grads) if take else None for take in taken]
     if ctx.needs_input_grad[2] and thresholds is not None and out[2] is None:

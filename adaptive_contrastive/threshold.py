@@ -130,6 +130,13 @@ class ThresholdNet(nn.Module):
         torch.Size([5])
     """
 
+    dim: int
+    arch: str
+    similarity: str
+    batch_size: int | None
+    body: nn.Sequential
+    head: nn.Linear
+
     def __init__(
         self,
         dim: int,

@@ -68,7 +68,8 @@ def _forward(
     settings = _settings(temperature, false_negatives, positive_weight, mask, mask_temperature, mask_gradient)
     call = fused.FusedCall.prepare(q, k, thresholds, partner, self_index, settings, row_labels, column_labels)
     call.forward().run()
-    return row_loss(*call.stats.unbind(0), settings), call.stats
+    lse, partner_logit, fn_count, phi_logit_sum = call.stats.unbind(0)
+    return row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings), call.stats
 
 
 def _forward_shapes(q: Tensor, *_args: Any) -> tuple[Tensor, Tensor]:
