@@ -213,18 +213,18 @@ def _false_negative_block(
     rows: Tensor,
     partner: Tensor,
     self_index: Tensor,
-    out: tuple[Tensor, Tensor] | None = None,
+    out: tuple[Tensor, Tensor],
 ) -> Tensor:
     """φ of a block of similarities as 0/1 floats: above the threshold or a known positive, on C(i) only.
 
     `out`: two buffers shaped like `sims` to write into (reused across chunks instead of allocated); φ always
     lands in the first, so the second is free again once this returns.
     """
-    phi = torch.empty_like(sims) if out is None else out[0]
+    phi, spare = out
     if thr is not None:
         torch.gt(sims, thr[:, None], out=phi)
     if row_labels is not None and column_labels is not None:
-        known = phi if thr is None else (torch.empty_like(sims) if out is None else out[1])
+        known = phi if thr is None else spare
         torch.eq(row_labels[:, None], column_labels[None, :], out=known)
         if known is not phi:
             torch.maximum(phi, known, out=phi)
@@ -279,12 +279,12 @@ def _hard_forward(
     # Buffers reused by every chunk: the similarities, and φ and κ (fresh blocks per chunk cost more in page faults
     # than filling them on a CPU).
     scratch = q.new_empty((3 if handles_fn else 1, min(step, n), n_cols))
-    work = scratch[1:] if handles_fn else None
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         p_sl, s_sl = partner[sl], self_index[sl]
         rows = torch.arange(p_sl.shape[0], device=q.device)
-        sims = torch.mm(q_in[sl], k.T, out=scratch[0, : sl.stop - sl.start])  # similarities (logits for keep)
+        buffers = scratch[:, : sl.stop - sl.start]
+        sims = torch.mm(q_in[sl], k.T, out=buffers[0])  # similarities (logits for keep)
         partner_logit[sl] = sims[rows, p_sl] * (inv_tau if handles_fn else 1.0)
         phi = None
         if handles_fn:
@@ -296,15 +296,13 @@ def _hard_forward(
                 rows,
                 p_sl,
                 s_sl,
-                None if work is None else (work[0, : len(rows)], work[1, : len(rows)]),
+                (buffers[1], buffers[2]),
             )
             fn_count[sl] = phi.sum(1)
             if settings.soft_labels:
-                # Σ φ_j s_j through the second buffer (κ is spent by now): a fresh product block per chunk
+                # Σ φ_j s_j through the spare buffer (κ is spent by now): a fresh product block per chunk
                 # costs more in page faults than the multiplication itself.
-                assert work is not None
-                product = torch.mul(phi, sims, out=work[1, : len(rows)])
-                phi_logit_sum[sl] = product.sum(1) * inv_tau
+                phi_logit_sum[sl] = torch.mul(phi, sims, out=buffers[2]).sum(1) * inv_tau
             if settings.masks_denominator:
                 sims.add_(phi, alpha=-_masked_offset(sims.dtype))
         sims[rows, s_sl] = float("-inf")
