@@ -29,7 +29,7 @@ def check_wheel(wheel: Path, version: str) -> None:
     info = f"{PACKAGE}-{version}.dist-info/"
     strays = [name for name in names if not name.startswith((f"{PACKAGE}/", info))]
     assert not strays, f"the wheel must hold only the package, it also holds {strays}"
-    for needed in ("__init__.py", "py.typed", "kernels/__init__.py", "kernels/masked_info_nce.py"):
+    for needed in ("__init__.py", "py.typed", "kernels/__init__.py", "kernels/masked_info_nce.py", "cpu/hard_rows.c"):
         assert f"{PACKAGE}/{needed}" in names, f"the wheel lacks {PACKAGE}/{needed}"
     metadata = Parser().parsestr(zipfile.ZipFile(wheel).read(f"{info}METADATA").decode())
     assert metadata["Version"] == version, f"wheel version {metadata['Version']}, source {version}"
@@ -49,7 +49,15 @@ def check_sdist(sdist: Path, version: str) -> None:
     root = f"{PACKAGE}-{version}/"
     with tarfile.open(sdist) as archive:
         names = {member.name.removeprefix(root) for member in archive.getmembers()}
-    for needed in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "CHANGELOG.md", f"{PACKAGE}/__init__.py"):
+    for needed in (
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "LICENSE",
+        "CHANGELOG.md",
+        f"{PACKAGE}/__init__.py",
+        f"{PACKAGE}/cpu/hard_rows.c",
+    ):
         assert needed in names, f"the sdist lacks {needed}"
     print(f"{sdist.name}: {len(names)} entries, with pyproject.toml, setup.py, README, LICENSE and CHANGELOG")
 

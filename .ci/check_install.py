@@ -6,7 +6,9 @@ Usage (from a folder outside the checkout): VENV/bin/python /path/to/.ci/check_i
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from importlib.metadata import PackageNotFoundError, distribution, version
 
 from packaging.requirements import Requirement
@@ -33,6 +35,13 @@ def main() -> None:
         assert requirement.specifier.contains(installed, prereleases=True), f"{requirement}: found {installed}"
         met.append(f"{requirement} ({installed})")
 
+    from adaptive_contrastive import cpu
+
+    # The compiled CPU kernel builds from the wheel's own C source (this machine has a C compiler), into an empty
+    # cache, so that a library built by the test run cannot stand in for it.
+    os.environ["ADAPTIVE_CONTRASTIVE_CACHE"] = tempfile.mkdtemp()
+    reason = cpu.unavailable_reason()
+    assert reason is None, f"the CPU kernel did not build from the installed wheel: {reason}"
     torch.manual_seed(0)
     loss_fn = AdaptiveInfoNCE(dim=16, warmup_epochs=0)
     z1 = torch.randn(8, 16, requires_grad=True)

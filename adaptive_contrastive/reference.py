@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu as cpu_kernel
 from ._modes import DENOMINATOR_MASKED, SOFT_LABELLED
 
 # Elements per dense block: 2^20 float32 values (4 MiB) keep a block in a CPU's cache.
@@ -263,6 +264,10 @@ def _hard_forward(
     column_labels: Tensor | None,
 ) -> tuple[Tensor | None, ...]:
     """Hard mask, labels alone, or ``keep``: row statistics and the block ∂ℓ/∂l = P - y."""
+    if row_labels is not None and column_labels is not None:
+        row_labels, column_labels = _comparable_labels(row_labels, column_labels, q.dtype)
+    if cpu_kernel.usable(q) and (row_labels is None or row_labels.dtype == q.dtype):
+        return _hard_forward_kernel(q, k, thr, partner, self_index, settings, row_labels, column_labels)
     n, n_cols = q.shape[0], k.shape[0]
     inv_tau = 1.0 / settings.temperature
     handles_fn = settings.uses_threshold
@@ -271,8 +276,6 @@ def _hard_forward(
     partner_logit = q.new_empty(n)
     fn_count = q.new_zeros(n)
     phi_logit_sum = q.new_zeros(n)
-    if row_labels is not None and column_labels is not None:
-        row_labels, column_labels = _comparable_labels(row_labels, column_labels, q.dtype)
     # keep compares nothing with a threshold, so 1/τ can be folded into q (one pass less per block).
     q_in = q if handles_fn else q * inv_tau
     step = _row_chunk(n, n_cols)
@@ -322,6 +325,48 @@ def _hard_forward(
         if phi is not None and settings.soft_labels:
             block.addcmul_(phi, spread[:, None], value=-1)
         block[rows, p_sl] -= partner_label
+    rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
+    return rows_loss, fn_count, grad_logits, None, lse, partner_logit, phi_logit_sum
+
+
+def _hard_forward_kernel(
+    q: Tensor,
+    k: Tensor,
+    thr: Tensor | None,
+    partner: Tensor,
+    self_index: Tensor,
+    settings: LossSettings,
+    row_labels: Tensor | None,
+    column_labels: Tensor | None,
+) -> tuple[Tensor | None, ...]:
+    """`_hard_forward` with the passes after each block's matrix product done by the compiled CPU loop
+    (`cpu.hard_rows`): the same statistics and block, to float32 rounding. Labels arrive comparable."""
+    n, n_cols = q.shape[0], k.shape[0]
+    handles_fn = settings.uses_threshold
+    flags = 0
+    if handles_fn:
+        flags = cpu_kernel.USES_PHI
+        flags |= cpu_kernel.MASKS_DENOMINATOR if settings.masks_denominator else 0
+        flags |= cpu_kernel.SOFT_LABELS if settings.soft_labels else 0
+    else:
+        thr = row_labels = column_labels = None
+    grad_logits = q.new_empty((n, n_cols))
+    lse, partner_logit, fn_count, phi_logit_sum = (q.new_empty(n) for _ in range(4))
+    partner, self_index = partner.contiguous().long(), self_index.contiguous().long()
+    thr = None if thr is None else thr.contiguous()
+    if row_labels is not None and column_labels is not None:
+        row_labels, column_labels = row_labels.contiguous(), column_labels.contiguous()
+    step = _row_chunk(n, n_cols)
+    scratch = q.new_empty((min(step, n), n_cols))  # one similarity buffer for every chunk
+    for start in range(0, n, step):
+        sl = slice(start, min(n, start + step))
+        sims = torch.mm(q[sl], k.T, out=scratch[: sl.stop - sl.start])
+        with torch.profiler.record_function("adaptive_contrastive::cpu_hard_rows"):
+            cpu_kernel.hard_rows(
+                sims, None if thr is None else thr[sl], None if row_labels is None else row_labels[sl], column_labels,
+                partner[sl], self_index[sl], settings.temperature, flags, settings.positive_weight,
+                grad_logits[sl], lse[sl], partner_logit[sl], fn_count[sl], phi_logit_sum[sl],
+            )  # fmt: skip
     rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
     return rows_loss, fn_count, grad_logits, None, lse, partner_logit, phi_logit_sum
 

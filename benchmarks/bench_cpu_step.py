@@ -16,6 +16,7 @@ Usage:
     python benchmarks/bench_cpu_step.py                      # B in 256 1024 2048, D = 64
     python benchmarks/bench_cpu_step.py --batch-sizes 256 --methods adaptive lightly
     python benchmarks/bench_cpu_step.py --overhead           # adaptive vs keep, and where the difference goes
+                                                             # (with and without the compiled CPU kernel)
     python benchmarks/bench_cpu_step.py --profile --batch-sizes 1024 --rounds 20   # the same, op by op
     python benchmarks/bench_cpu_step.py --overhead --compiled --tag compiled      # with torch.compile cases too
 Writes benchmarks/results/cpu_step/{results.json,results.md} (``--overhead``: overhead.{json,md};
@@ -220,6 +221,9 @@ def overhead_cases(batch: int, dim: int, compiled: bool = False) -> dict:  # noq
         "threshold_net": lambda: (net(z1.detach()) - 0.1).square().mean().backward(),
         "masked_loss": lambda: step(adaptive_info_nce(z1, z2, k, **plain)),
     }
+    # The same two steps with the compiled CPU kernel turned off: the reference backend's PyTorch ops alone.
+    cases["keep_pytorch_ops"] = _without_cpu_kernel(cases["keep"])
+    cases["adaptive_pytorch_ops"] = _without_cpu_kernel(cases["adaptive"])
     try:
         adaptive_info_nce(z1[:4], z2[:4], k[:4], labels=labels[:4], **plain)
         cases["masked_loss_labels"] = lambda: step(adaptive_info_nce(z1, z2, k, labels=labels, **plain))
@@ -233,6 +237,23 @@ def overhead_cases(batch: int, dim: int, compiled: bool = False) -> dict:  # noq
         cases["keep_compiled"] = lambda: step(keep_c(z1, z2))
         cases["adaptive_compiled"] = lambda: step(adaptive_c(z1, z2))
     return cases
+
+
+def _without_cpu_kernel(step):  # noqa: ANN001, ANN202 - a zero-argument step in, one out
+    """`step` with ADAPTIVE_CONTRASTIVE_CPU_KERNEL=0 for its duration."""
+
+    def run() -> None:
+        previous = os.environ.get("ADAPTIVE_CONTRASTIVE_CPU_KERNEL")
+        os.environ["ADAPTIVE_CONTRASTIVE_CPU_KERNEL"] = "0"
+        try:
+            step()
+        finally:
+            if previous is None:
+                del os.environ["ADAPTIVE_CONTRASTIVE_CPU_KERNEL"]
+            else:
+                os.environ["ADAPTIVE_CONTRASTIVE_CPU_KERNEL"] = previous
+
+    return run
 
 
 def measure_overhead(batch: int, dim: int, rounds: int, threads: int, compiled: bool = False) -> dict:
@@ -263,8 +284,12 @@ def measure_overhead(batch: int, dim: int, rounds: int, threads: int, compiled: 
     def ratio(a: str, b: str, key: str) -> float:
         return statistics.median(x / y for x, y in zip(samples[a][key], samples[b][key], strict=True))
 
-    ratios = {"adaptive / keep": ratio("adaptive", "keep", "cpu")}
-    user_ratios = {"adaptive / keep": ratio("adaptive", "keep", "user")}
+    pairs = [("adaptive", "keep")]
+    if "adaptive_pytorch_ops" in samples:
+        pairs += [("adaptive_pytorch_ops", "keep_pytorch_ops"), ("adaptive", "adaptive_pytorch_ops"),
+                  ("keep", "keep_pytorch_ops")]  # fmt: skip
+    ratios = {f"{a} / {b}": ratio(a, b, "cpu") for a, b in pairs}
+    user_ratios = {f"{a} / {b}": ratio(a, b, "user") for a, b in pairs}
     if "masked_loss_labels" in samples:
         ratios["labels / no labels"] = ratio("masked_loss_labels", "masked_loss", "cpu")
         user_ratios["labels / no labels"] = ratio("masked_loss_labels", "masked_loss", "user")
@@ -307,7 +332,7 @@ def profile_overhead(batch: int, dim: int, steps: int, threads: int) -> list[dic
             for _ in range(steps):
                 cases[name]()
         for event in prof.key_averages():
-            if event.key.startswith("aten::"):
+            if event.key.startswith(("aten::", "adaptive_contrastive::")):
                 ms = event.self_cpu_time_total / 1e3 / steps
                 per_op.setdefault(event.key, {})[name] = (event.count / steps, ms)
     rows = []
@@ -323,11 +348,12 @@ def profile_markdown(rows: list[dict], batch: int, dim: int, steps: int, env: di
     keep_total = sum(r["keep_ms"] for r in rows)
     adaptive_total = sum(r["adaptive_ms"] for r in rows)
     lines = [
-        f"Self CPU ms per step of each aten op (torch.profiler, {steps} steps after 3 warm-up ones, which the "
+        f"Self CPU ms per step of each aten op and of the compiled CPU kernel (torch.profiler, {steps} steps after 3 "
+        "warm-up ones, which the "
         f"profiler itself slows down), B = {batch}, D = {dim}, τ = {TEMPERATURE}, 1 thread; torch {env['torch']}, "
         f"{env['processor']}. Ops whose difference is under 0.05 ms are left out.",
         "",
-        "| aten op | keep: calls | keep: ms | adaptive: calls | adaptive: ms | difference ms |",
+        "| op | keep: calls | keep: ms | adaptive: calls | adaptive: ms | difference ms |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -337,7 +363,7 @@ def profile_markdown(rows: list[dict], batch: int, dim: int, steps: int, env: di
                 f"| {r['op']} | {r['keep_calls']:.0f} | {r['keep_ms']:.2f} | {r['adaptive_calls']:.0f} "
                 f"| {r['adaptive_ms']:.2f} | {diff:+.2f} |"
             )
-    lines += ["", f"Total self time of aten ops: keep {keep_total:.1f} ms, adaptive {adaptive_total:.1f} ms."]
+    lines += ["", f"Total self time of these ops: keep {keep_total:.1f} ms, adaptive {adaptive_total:.1f} ms."]
     return "\n".join(lines) + "\n"
 
 
