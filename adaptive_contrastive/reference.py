@@ -50,7 +50,8 @@ far-underflowing values, ``exp2`` does not, and those entries come out exactly 0
 
 On a CPU the cost of these passes is mostly memory traffic, and fresh multi-megabyte temporaries
 add page faults (the kernel zeroing new pages) on top: each call allocates its chunk buffers once
-and reuses them for every chunk.
+and reuses them for every chunk. Float32 blocks of the hard path on a CPU skip all of that: a compiled
+C loop (`cpu.hard_rows`) makes three passes over one row at a time, in place in the saved block.
 """
 
 from __future__ import annotations
@@ -339,8 +340,10 @@ def _hard_forward_kernel(
     row_labels: Tensor | None,
     column_labels: Tensor | None,
 ) -> tuple[Tensor | None, ...]:
-    """`_hard_forward` with the passes after each block's matrix product done by the compiled CPU loop
-    (`cpu.hard_rows`): the same statistics and block, to float32 rounding. Labels arrive comparable."""
+    """`_hard_forward` with the passes after the matrix product done by the compiled CPU loop (`cpu.hard_rows`):
+    the same statistics and block, to float32 rounding. Labels arrive comparable.
+
+    Unlike the PyTorch ops, the loop needs no row chunks: it makes its three passes over one row at a time."""
     n, n_cols = q.shape[0], k.shape[0]
     handles_fn = settings.uses_threshold
     flags = 0
@@ -356,17 +359,14 @@ def _hard_forward_kernel(
     thr = None if thr is None else thr.contiguous()
     if row_labels is not None and column_labels is not None:
         row_labels, column_labels = row_labels.contiguous(), column_labels.contiguous()
-    step = _row_chunk(n, n_cols)
-    scratch = q.new_empty((min(step, n), n_cols))  # one similarity buffer for every chunk
-    for start in range(0, n, step):
-        sl = slice(start, min(n, start + step))
-        sims = torch.mm(q[sl], k.T, out=scratch[: sl.stop - sl.start])
-        with torch.profiler.record_function("adaptive_contrastive::cpu_hard_rows"):
-            cpu_kernel.hard_rows(
-                sims, None if thr is None else thr[sl], None if row_labels is None else row_labels[sl], column_labels,
-                partner[sl], self_index[sl], settings.temperature, flags, settings.positive_weight,
-                grad_logits[sl], lse[sl], partner_logit[sl], fn_count[sl], phi_logit_sum[sl],
-            )  # fmt: skip
+    # The similarities go straight into the saved block, and the loop overwrites them with P - y, row by row: one
+    # matrix product and one call (whose rows are split over threads once, not once per chunk).
+    torch.mm(q, k.T, out=grad_logits)
+    with torch.profiler.record_function("adaptive_contrastive::cpu_hard_rows"):
+        cpu_kernel.hard_rows(
+            grad_logits, thr, row_labels, column_labels, partner, self_index, settings.temperature, flags,
+            settings.positive_weight, grad_logits, lse, partner_logit, fn_count, phi_logit_sum,
+        )  # fmt: skip
     rows_loss = row_loss(lse, partner_logit, fn_count, phi_logit_sum, settings)
     return rows_loss, fn_count, grad_logits, None, lse, partner_logit, phi_logit_sum
 

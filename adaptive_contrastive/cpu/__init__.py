@@ -111,7 +111,8 @@ def hard_rows(
 ) -> None:
     """Fill `grad` (P - y), `lse`, `partner_logit`, `fn_count` and `phi_logit_sum` for the rows of `sims`.
 
-    `sims` and `grad` are float32 blocks with unit column stride; the per-row tensors are contiguous, float32
+    `sims` and `grad` are float32 blocks with unit column stride, and may be the same tensor (the loop then overwrites
+    the similarities); the per-row tensors are contiguous, float32
     (labels: comparable floats) or int64 (`partner`, `self_index`). Rows are split over PyTorch's intra-op threads.
     """
     assert _function is not None, "call usable() first"
@@ -135,10 +136,15 @@ def hard_rows(
     if threads <= 1:
         run(0, n_rows)
         return
-    # ctypes releases the GIL for the call, so plain threads run the row ranges in parallel.
+    # ctypes releases the GIL for the call, so plain threads run the row ranges in parallel; this thread takes the
+    # first range itself.
     global _pool
-    if _pool is None or _pool._max_workers < threads:
-        _pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="adaptive_contrastive")
+    if _pool is None or _pool._max_workers < threads - 1:
+        _pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads - 1, thread_name_prefix="adaptive_contrastive"
+        )
     bounds = [n_rows * t // threads for t in range(threads + 1)]
-    for future in [_pool.submit(run, a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]:
+    others = [_pool.submit(run, a, b) for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
+    run(bounds[0], bounds[1])
+    for future in others:
         future.result()

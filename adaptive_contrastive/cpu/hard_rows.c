@@ -71,7 +71,7 @@ static inline vf exp2_lanes(vf x) {
 }
 
 /* One row: s (similarities), g (gradient out); the mode's switches are compile-time constants in each caller. */
-static inline void one_row(const float *restrict s, float *restrict g, int n, int p, int self, float t, float label,
+static inline void one_row(const float *s, float *g, int n, int p, int self, float t, float label,
                            const float *restrict labels, float inv_tau, float positive_weight, int masks, int soft,
                            int has_threshold, int has_labels, float *lse, float *partner_logit, float *fn_count,
                            float *phi_logit_sum) {
@@ -95,6 +95,9 @@ static inline void one_row(const float *restrict s, float *restrict g, int n, in
         if (j < n) STEP(TAIL)                 \
     }
 
+    const float row_partner = s[p];
+    const vi sign_bit = splati(INT32_MIN);
+
     /* Pass 1: phi, F, sum phi s and the denominator's maximum. */
     vf count = splat(0.0f), phi_sum = splat(0.0f), top = splat(-INFINITY);
 #define PASS1(KIND)                                                \
@@ -109,7 +112,8 @@ static inline void one_row(const float *restrict s, float *restrict g, int n, in
     ROW_LOOP(PASS1)
     const float row_top = lane_max(top), row_count = lane_sum(count);
 
-    /* Pass 2: e^{l - max} on the denominator (0 elsewhere) and its sum, written to the gradient row. */
+    /* Pass 2: e^{l - max} on the denominator (0 elsewhere) and its sum, written to the gradient row with phi in the
+     * sign bit (e is never negative), so that pass 3 needs no similarities: g may be s itself. */
     vf total = splat(0.0f);
 #define PASS2(KIND)                                                                                  \
     {                                                                                                \
@@ -117,21 +121,22 @@ static inline void one_row(const float *restrict s, float *restrict g, int n, in
         MASKS_AT(j, sj, LOAD_##KIND)                                                                 \
         (void)phi;                                                                                   \
         const vf e = select(in_denominator, exp2_lanes((sj - row_top) * scale), splat(0.0f));       \
-        STORE_##KIND(g, j, n, e);                                                                    \
+        STORE_##KIND(g, j, n, (vf)((vi)e | (phi & sign_bit)));                                       \
         total += e;                                                                                  \
     }
     ROW_LOOP(PASS2)
     const float row_total = lane_sum(total);
 
-    /* Pass 3: P - y, with y = (1 - alpha)/max(F, 1) on phi and 1 - sum_C y on the partner. */
+    /* Pass 3: P - y, with y = (1 - alpha)/max(F, 1) on phi (read back from the sign) and 1 - sum_C y on the
+     * partner. */
     const float spread = soft ? (1.0f - positive_weight) / (row_count > 1.0f ? row_count : 1.0f) : 0.0f;
     const float inv_total = 1.0f / row_total;
-#define PASS3(KIND)                                                                                        \
-    {                                                                                                      \
-        const vf sj = LOAD_##KIND(s, j, n);                                                                \
-        MASKS_AT(j, sj, LOAD_##KIND)                                                                       \
-        (void)in_denominator;                                                                              \
-        STORE_##KIND(g, j, n, LOAD_##KIND(g, j, n) * inv_total - select(phi, splat(spread), splat(0.0f))); \
+#define PASS3(KIND)                                                                                 \
+    {                                                                                               \
+        const vi stored = (vi)LOAD_##KIND(g, j, n);                                                 \
+        const vi phi = (stored & sign_bit) != splati(0);                                            \
+        const vf e = (vf)(stored & ~sign_bit);                                                      \
+        STORE_##KIND(g, j, n, e * inv_total - select(phi, splat(spread), splat(0.0f)));            \
     }
     ROW_LOOP(PASS3)
 #undef PASS1
@@ -142,7 +147,7 @@ static inline void one_row(const float *restrict s, float *restrict g, int n, in
     g[p] -= 1.0f - spread * row_count;
 
     *lse = row_top * inv_tau + logf(row_total);
-    *partner_logit = s[p] * inv_tau;
+    *partner_logit = row_partner * inv_tau;
     *fn_count = row_count;
     *phi_logit_sum = lane_sum(phi_sum) * inv_tau;
 }
@@ -153,7 +158,8 @@ static inline void one_row(const float *restrict s, float *restrict g, int n, in
  * row_labels, column_labels:  comparable labels as floats (reference.py's _comparable_labels), or both NULL
  * partner, self_index:  the partner column (always in the denominator, label y_p) and the left-out column
  * flags: bit 0 masks the denominator (drop/attract), bit 1 soft labels (attract/relabel), bit 2 uses phi at all
- * Outputs per row: lse, the partner's logit, F and sum_phi s / tau; grad (row stride ld_grad) gets P - y.
+ * Outputs per row: lse, the partner's logit, F and sum_phi s / tau; grad (row stride ld_grad) gets P - y. grad may
+ * be sims itself (the result overwrites the similarities row by row).
  */
 void hard_rows(const float *sims, int64_t ld_sims, int64_t n_cols, int64_t row_begin, int64_t row_end,
                const float *thresholds, const float *row_labels, const float *column_labels,
