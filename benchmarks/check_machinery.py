@@ -88,7 +88,8 @@ def check_autocast(backend: str, device: torch.device) -> dict[str, Any]:
         z1, z2 = views(device, dtype)
         with torch.autocast(device.type, dtype=dtype):
             loss = trained(backend, device)(z1, z2)
-        reference = trained(backend, device)(z1.detach().float(), z2.detach().float())
+        reference = trained(backend, device)(z1.detach().float(), z2.detach().float()).detach()
+        loss = loss.detach()
         difference = abs(float(loss) - float(reference)) / max(abs(float(reference)), 1e-12)
         results[str(dtype).removeprefix("torch.")] = {
             "loss_dtype": str(loss.dtype).removeprefix("torch."),
