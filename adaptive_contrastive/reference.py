@@ -488,18 +488,14 @@ def _soft_backward(
 def _hard_backward(
     q: Tensor, k: Tensor, grad_logits: Tensor, g: Tensor, settings: LossSettings
 ) -> tuple[Tensor, Tensor]:
-    """dQ = G K and dK = Gᵀ Q with G = g ⊙ (P - y)/τ from the stored block."""
-    n = q.shape[0]
-    scale = g * (1.0 / settings.temperature)
-    grad_q = torch.empty_like(q)
-    grad_k = torch.zeros_like(k)
-    step = _row_chunk(n, k.shape[0])
-    work = grad_logits.new_empty((min(step, n), k.shape[0]))  # one buffer for every chunk, not one each
-    for start in range(0, n, step):
-        sl = slice(start, min(n, start + step))
-        block = torch.mul(grad_logits[sl], scale[sl, None], out=work[: sl.stop - sl.start])
-        torch.mm(block, k, out=grad_q[sl])
-        grad_k.addmm_(block.T, q[sl])
+    """dQ = G K and dK = Gᵀ Q with G = diag(g/τ) (P - y) from the stored block.
+
+    The row scaling commutes with the products, so it is applied to the N×D operands and results instead of to
+    the N×N block: dQ = diag(g/τ) (B K) and dK = Bᵀ (diag(g/τ) Q), and the block is only read, by the two products.
+    """
+    scale = (g * (1.0 / settings.temperature))[:, None]
+    grad_q = torch.mm(grad_logits, k).mul_(scale)
+    grad_k = torch.mm(grad_logits.T, q * scale)
     return grad_q, grad_k
 
 
