@@ -197,3 +197,18 @@ def test_the_kernels_exponential_is_within_a_few_ulp():
     error = (ratio / torch.exp2(x.double()) - 1).abs()
     assert float(error.max()) < 4e-7, f"2^x off by {float(error.max()):.2e} relative"
     assert grad[0, 0] == 0  # the self column
+
+
+def test_the_gradient_block_holds_no_subnormal_numbers():
+    """At a small temperature most softmax weights underflow: the loop writes exact zeros, not subnormals, which
+    would slow down the backward's matrix products several-fold."""
+    from adaptive_contrastive.reference import MaskedInfoNCEFunction
+
+    q = torch.nn.functional.normalize(torch.randn(256, 16, generator=torch.Generator().manual_seed(7)), dim=1)
+    partner = (torch.arange(256) + 128) % 256
+    config = LossSettings(0.003, "attract", 0.5, "hard", 0.05)
+    assert cpu.usable(q)
+    block = MaskedInfoNCEFunction.apply(q, q, torch.full((256,), 0.2), partner, torch.arange(256), config, None, None)[2]
+    subnormal = (block != 0) & (block.abs() < torch.finfo(torch.float32).tiny)
+    assert not bool(subnormal.any()), f"{int(subnormal.sum())} subnormal entries"
+    assert int((block == 0).sum()) > block.numel() // 2  # most weights did underflow: the regime where it matters

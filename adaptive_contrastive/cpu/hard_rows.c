@@ -51,11 +51,13 @@ static inline float lane_max(vf v) {
     return top;
 }
 
-/* 2^x for x <= 0 (clamped to 0 above), within 1.5 units in the last place; 2^-126 below -126 (the callers' largest
- * term is 1, so that floor is far below the sum's resolution). A degree-6 polynomial for 2^f on [0, 1), fitted for
- * relative error; the integer part goes into the exponent bits. */
+/* 2^x for x <= 0 (clamped to 0 above), within 1.5 units in the last place, and exactly 0 below -100. The callers'
+ * largest term is 1 and their sums are at least 1, so terms under 2^-100 are far below float resolution; flushing
+ * them keeps the gradient block free of subnormal numbers, which would slow the matrix products that read it.
+ * A degree-6 polynomial for 2^f on [0, 1), fitted for relative error; the integer part goes into the exponent bits. */
 static inline vf exp2_lanes(vf x) {
-    x = select(x < splat(-126.0f), splat(-126.0f), x);
+    const vi negligible = x < splat(-100.0f);
+    x = select(negligible, splat(-100.0f), x);
     x = select(x > splat(0.0f), splat(0.0f), x);
     vi whole = __builtin_convertvector(x, vi); /* rounds toward zero: one too high for negative non-integers */
     whole += (x < __builtin_convertvector(whole, vf)); /* true lanes are -1 */
@@ -67,7 +69,7 @@ static inline vf exp2_lanes(vf x) {
     p = p * f + 0.24022983014583588f;
     p = p * f + 0.6931470036506653f;
     p = p * f + 1.0f;
-    return p * (vf)((whole + 127) << 23);
+    return select(negligible, splat(0.0f), p * (vf)((whole + 127) << 23));
 }
 
 /* One row: s (similarities), g (gradient out); the mode's switches are compile-time constants in each caller. */
