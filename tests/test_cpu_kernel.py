@@ -208,7 +208,8 @@ def test_the_gradient_block_holds_no_subnormal_numbers():
     partner = (torch.arange(256) + 128) % 256
     config = LossSettings(0.003, "attract", 0.5, "hard", 0.05)
     assert cpu.usable(q)
-    block = MaskedInfoNCEFunction.apply(q, q, torch.full((256,), 0.2), partner, torch.arange(256), config, None, None)[2]
+    thresholds = torch.full((256,), 0.2)
+    block = MaskedInfoNCEFunction.apply(q, q, thresholds, partner, torch.arange(256), config, None, None)[2]
     subnormal = (block != 0) & (block.abs() < torch.finfo(torch.float32).tiny)
     assert not bool(subnormal.any()), f"{int(subnormal.sum())} subnormal entries"
     assert int((block == 0).sum()) > block.numel() // 2  # most weights did underflow: the regime where it matters
