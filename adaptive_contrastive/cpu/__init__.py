@@ -31,6 +31,7 @@ _function: Any = None  # the library's hard_rows, with its argument types set
 _reason: str | None = None
 _loaded = False
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_size = 0
 
 
 def _disabled_by_environment() -> bool:
@@ -138,11 +139,10 @@ def hard_rows(
         return
     # ctypes releases the GIL for the call, so plain threads run the row ranges in parallel; this thread takes the
     # first range itself.
-    global _pool
-    if _pool is None or _pool._max_workers < threads - 1:
-        _pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads - 1, thread_name_prefix="adaptive_contrastive"
-        )
+    global _pool, _pool_size
+    if _pool is None or _pool_size < threads - 1:
+        _pool_size = threads - 1
+        _pool = concurrent.futures.ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="adaptive_contrastive")
     bounds = [n_rows * t // threads for t in range(threads + 1)]
     others = [_pool.submit(run, a, b) for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
     run(bounds[0], bounds[1])

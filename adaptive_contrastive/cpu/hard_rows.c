@@ -177,10 +177,10 @@ void hard_rows(const float *sims, int64_t ld_sims, int64_t n_cols, int64_t row_b
         float *g = grad + i * ld_grad;
         const int p = (int)partner[i], self = (int)self_index[i];
         const float t = has_threshold ? thresholds[i] : 0.0f, label = has_labels ? row_labels[i] : 0.0f;
-        float *out[4] = {lse + i, partner_logit + i, fn_count + i, phi_logit_sum + i};
         /* Each mode gets its own copy of the loops, with its switches folded in. */
-#define ROW(M, S, T, L) \
-    one_row(s, g, n, p, self, t, label, column_labels, inv_tau, positive_weight, M, S, T, L, out[0], out[1], out[2], out[3])
+#define ROW(M, S, T, L)                                                                                      \
+    one_row(s, g, n, p, self, t, label, column_labels, inv_tau, positive_weight, M, S, T, L, lse + i, \
+            partner_logit + i, fn_count + i, phi_logit_sum + i)
         switch ((masks << 3) | (soft << 2) | (has_threshold << 1) | has_labels) {
         case 0: case 4: case 8: case 12: ROW(0, 0, 0, 0); break;
         case 1: ROW(0, 0, 0, 1); break;
